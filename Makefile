@@ -1,0 +1,45 @@
+# Set-up and everyday commands. `make run` and `make test` work on a fresh machine with only Python.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format bench image chart-test env-table clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerate the pinned versions after changing dependencies in pyproject.toml.
+constraints:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+
+run: install
+	$(PY) -m worker.dev.run
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/shellcheck entrypoint.sh .ci/run scripts/*.sh
+	$(VENV)/bin/hadolint Dockerfile
+	$(PY) -m config table | diff -u - <(sed -n '/BEGIN ENV TABLE/,/END ENV TABLE/p' README.md) \
+		|| { echo "README env table is stale: run 'make env-table'"; exit 1; }
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+
+env-table: install
+	$(PY) -m config update-readme README.md
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .run .pytest_cache .ruff_cache

@@ -1,0 +1,101 @@
+"""Environment (plus `.env`, plus `*_FILE` secrets) to validated :class:`Settings`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from dotenv import dotenv_values
+
+from config.options import BY_NAME, OPTIONS
+from config.spec import ConfigError, Option
+
+
+class Settings(Mapping[str, Any]):
+    """Read-only validated settings; ``settings.broker_url`` or ``settings["BROKER_URL"]``."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = MappingProxyType(dict(values))
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name.upper()]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name.upper()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def migration_url(self) -> str:
+        return self._values["MIGRATION_DATABASE_URL"] or self._values["DATABASE_URL"]
+
+
+def read_environment(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = None) -> dict:
+    """Merge `.env` under the real environment: a variable set in the process always wins."""
+    environ = os.environ if environ is None else environ
+    path = Path(env_file if env_file is not None else environ.get("ENV_FILE", ".env"))
+    from_file = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+    return {**from_file, **environ}
+
+
+def _raw_value(option: Option, env: Mapping[str, str]) -> str:
+    file_var = f"{option.name}_FILE"
+    if option.secret and env.get(file_var):
+        if env.get(option.name):
+            raise ConfigError(f"{option.name} and {file_var} are both set; allowed: only one of them")
+        path = env[file_var]
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{file_var}={path!r} cannot be read ({exc.strerror}); allowed: a readable file") from None
+    if option.name in env:
+        return env[option.name]
+    return option.default or ""
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = None,
+                  only: tuple[str, ...] | None = None) -> Settings:
+    """Validate every declared variable (or those in ``only``); raise ConfigError on the first bad one."""
+    env = read_environment(environ, env_file)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if only is not None and option.name not in only:
+            continue
+        values[option.name] = option.parse(_raw_value(option, env))
+    _check_together(values)
+    return Settings(values)
+
+
+def _check_together(values: dict[str, Any]) -> None:
+    """Rules that involve more than one variable."""
+    soft, hard = values.get("TASK_SOFT_TIME_LIMIT"), values.get("TASK_TIME_LIMIT")
+    if soft is not None and hard is not None and soft >= hard:
+        raise ConfigError(f"TASK_SOFT_TIME_LIMIT={soft} is not below TASK_TIME_LIMIT={hard}; "
+                          "allowed: a soft limit smaller than the hard limit")
+    visibility = values.get("BROKER_VISIBILITY_TIMEOUT")
+    countdown = values.get("TASK_MAX_COUNTDOWN")
+    if None not in (visibility, hard, countdown) and visibility <= hard + countdown:
+        raise ConfigError(f"BROKER_VISIBILITY_TIMEOUT={visibility} is not above TASK_TIME_LIMIT + "
+                          f"TASK_MAX_COUNTDOWN ({hard + countdown}); allowed: a larger value, or redelivery "
+                          "would run long tasks twice")
+    cert, key = values.get("REDIS_SSL_CERTFILE"), values.get("REDIS_SSL_KEYFILE")
+    if bool(cert) != bool(key) and "REDIS_SSL_CERTFILE" in values and "REDIS_SSL_KEYFILE" in values:
+        raise ConfigError("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE must be set together; allowed: both or neither")
+    max_age, interval = values.get("WORKER_HEARTBEAT_MAX_AGE"), values.get("WORKER_HEARTBEAT_INTERVAL")
+    if max_age is not None and interval is not None and max_age <= interval:
+        raise ConfigError(f"WORKER_HEARTBEAT_MAX_AGE={max_age} is not above WORKER_HEARTBEAT_INTERVAL={interval}; "
+                          "allowed: a larger age")
+
+
+def option(name: str) -> Option:
+    return BY_NAME[name]

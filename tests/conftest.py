@@ -1,0 +1,143 @@
+"""Shared fixtures: real Redis and PostgreSQL (the machine's, else embedded), real worker processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from worker.dev.provision import ProvisionedDatabase, drop_database, provision_database
+from worker.dev.services import postgres_admin_url, redis_base_url
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DIR = ROOT / ".run" / "test"
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Path:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    return RUN_DIR
+
+
+@pytest.fixture(scope="session")
+def redis_base(run_dir: Path) -> str:
+    return redis_base_url(run_dir)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(run_dir: Path) -> str:
+    return postgres_admin_url(run_dir)
+
+
+@pytest.fixture(scope="session")
+def migrated_database(pg_admin_url: str) -> Iterator[ProvisionedDatabase]:
+    """A fresh database with the schema, an owner role and a runtime role; dropped afterwards."""
+    from worker.db.migrate import migrate
+
+    db = provision_database(pg_admin_url, prefix="twtest")
+    migrate(db.owner_url, db.runtime_url)
+    yield db
+    from worker.db.engine import reset_engines
+
+    reset_engines()
+    drop_database(pg_admin_url, db)
+
+
+def base_environment(redis_base: str, db: ProvisionedDatabase, key_prefix: str) -> dict[str, str]:
+    """Environment for a worker or client of this test session (no stray .env is read)."""
+    return {
+        "BROKER_URL": f"{redis_base}/0",
+        "CELERY_RESULT_BACKEND": f"{redis_base}/1",
+        "DATABASE_URL": db.runtime_url,
+        "MIGRATION_DATABASE_URL": db.owner_url,
+        "REDIS_KEY_PREFIX": key_prefix,
+        "ENV_FILE": "/nonexistent/.env",
+    }
+
+
+@pytest.fixture(scope="session")
+def session_env(redis_base: str, migrated_database: ProvisionedDatabase) -> dict[str, str]:
+    return base_environment(redis_base, migrated_database, f"twtest-{secrets.token_hex(4)}:")
+
+
+@dataclass
+class WorkerProcess:
+    node: str
+    proc: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def start_worker_process(env: dict[str, str], run_dir: Path, pool: str = "prefork", concurrency: int = 2,
+                         app: str = "tests.support.worker_app", extra_args: tuple[str, ...] = (),
+                         ping_app=None, timeout: float = 60) -> WorkerProcess:  # type: ignore[no-untyped-def]
+    node = f"test-{pool}-{secrets.token_hex(3)}@localhost"
+    log_path = run_dir / f"{node}.log"
+    args = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool, "--concurrency", str(concurrency),
+            "--queues", "celery,execution", "--hostname", node, "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle", *extra_args]
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    worker = WorkerProcess(node, proc, log_path, env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{worker.log()[-4000:]}")
+        if ping_app is not None and ping_app.control.ping(destination=[node], timeout=0.5):
+            return worker
+        if ping_app is None and "ready." in worker.log():
+            return worker
+        time.sleep(0.2)
+    worker.stop()
+    raise RuntimeError(f"worker did not become ready in {timeout}s:\n{worker.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def client_app(session_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A producer app configured like the workers of this session."""
+    from config import load_settings
+    from tests.support import probe_tasks  # noqa: F401 - probe task names for the client
+    from worker.app import create_app
+
+    app = create_app(load_settings(environ=session_env), main="test-client")
+    app.set_current()
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def worker_factory(session_env: dict[str, str], run_dir: Path, client_app) -> Iterator[Callable[..., WorkerProcess]]:  # type: ignore[no-untyped-def]
+    started: list[WorkerProcess] = []
+
+    def start(pool: str = "prefork", concurrency: int = 2, env: dict[str, str] | None = None,
+              extra_args: tuple[str, ...] = ()) -> WorkerProcess:
+        worker = start_worker_process({**session_env, **(env or {})}, run_dir, pool, concurrency,
+                                      extra_args=extra_args, ping_app=client_app)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,1 @@
+"""Multi-tenant Celery worker: the app is ``worker.app:app``."""

@@ -1,0 +1,38 @@
+"""The Celery application: ``celery -A worker.app worker``."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from config import Settings
+from worker import logging_context, tenant  # noqa: F401 - connects the logging and propagation signals
+from worker.celeryconfig import build_celery_config, redis_endpoints
+from worker.redis_tls import warn_if_unverified
+from worker.settings import get_settings
+from worker.tenant import propagation  # noqa: F401 - registers the before_task_publish handler
+
+
+def create_app(settings: Settings | None = None, main: str = "worker") -> Celery:
+    """Build a configured app; tests and producers may pass their own settings."""
+    settings = settings or get_settings()
+    app = Celery(main)
+    app.conf.update(build_celery_config(settings))
+    app.conf.worker_settings = settings  # the worker's validated settings, for health checks and the like
+    warn_if_unverified(redis_endpoints(settings))
+    app.autodiscover_tasks(["worker"], force=True)
+    from worker.health import install_health_checks
+
+    install_health_checks(app)
+    return app
+
+
+@worker_process_init.connect(weak=False, dispatch_uid="worker.app.dispose_engines")
+def _dispose_engines_in_child(**_: object) -> None:
+    # Forked pool children must not share the parent's database sockets.
+    from worker.db.engine import dispose_engines_after_fork
+
+    dispose_engines_after_fork()
+
+
+app = create_app()

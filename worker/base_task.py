@@ -1,0 +1,140 @@
+"""BaseTask: tenant restoration, retry policy, timing and failure logging for every task."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
+from sqlalchemy.orm import Session
+
+from worker.errors import PermanentTaskError, TenantConflictError, TenantContextError
+from worker.tenant.context import NO_TENANT, Tenant, clear_tenant, current_tenant, set_current_tenant
+from worker.tenant.propagation import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER
+
+log = logging.getLogger("worker.task")
+
+
+def _header(request: Any, name: str) -> Any:
+    value = getattr(request, name, None)
+    if value is None and isinstance(getattr(request, "headers", None), dict):
+        value = request.headers.get(name)
+    return value
+
+
+def tenant_from_message(request: Any, kwargs: dict[str, Any]) -> Tenant:
+    """Headers win; kwargs are the fallback for producers that only send kwargs; disagreement is an error."""
+    from_headers = Tenant.of(_header(request, ORGANIZATION_HEADER), _header(request, USER_HEADER))
+    from_kwargs = Tenant.of(kwargs.get(ORGANIZATION_HEADER), kwargs.get(USER_HEADER))
+    for field in TENANT_HEADERS:
+        a, b = getattr(from_headers, field), getattr(from_kwargs, field)
+        if a and b and a != b:
+            raise TenantConflictError(f"message header {field}={a} disagrees with kwarg {field}={b}")
+    if from_headers.is_set:
+        return Tenant(from_headers.organization_id, from_headers.user_id or from_kwargs.user_id)
+    return Tenant(from_kwargs.organization_id, from_headers.user_id or from_kwargs.user_id)
+
+
+class BaseTask(Task):
+    """Every product task derives from this.
+
+    Errors a retry cannot fix (PermanentTaskError: missing tenant, invalid id, conflicting tenant,
+    configuration) fail at once; anything else is retried with capped, jittered exponential backoff.
+    """
+
+    autoretry_for = (Exception,)
+    dont_autoretry_for = (PermanentTaskError,)
+    max_retries = 3
+    retry_backoff = True
+    retry_backoff_max = 600
+    retry_jitter = True
+    track_started = True
+    typing = True
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None, link_error=None,
+                    shadow=None, **options):  # type: ignore[no-untyped-def]
+        """Move ``organization_id``/``user_id`` kwargs into the message headers of the same names."""
+        kwargs = dict(kwargs or {})
+        headers = dict(options.pop("headers", None) or {})
+        for name in TENANT_HEADERS:
+            if name in kwargs and not self._accepts_kwarg(name):
+                value = kwargs.pop(name)
+                if value is not None:
+                    if headers.get(name) and str(headers[name]) != str(value):
+                        raise TenantConflictError(f"header {name}={headers[name]} disagrees with kwarg {name}={value}")
+                    headers[name] = str(value)
+        return super().apply_async(args, kwargs, task_id=task_id, producer=producer, link=link,
+                                   link_error=link_error, shadow=shadow, headers=headers or None, **options)
+
+    def _accepts_kwarg(self, name: str) -> bool:
+        try:
+            return name in inspect.signature(self.run).parameters
+        except (TypeError, ValueError):
+            return False
+
+    # -- execution ---------------------------------------------------------------------------------
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        # Set unconditionally (NO_TENANT included): a task never runs with the previous task's tenant.
+        set_current_tenant(NO_TENANT)
+        tenant = tenant_from_message(self.request, kwargs)
+        set_current_tenant(tenant)
+        self.request.organization_id = tenant.organization_id
+        self.request.user_id = tenant.user_id
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for name in TENANT_HEADERS:
+            if name in kwargs and not self._accepts_kwarg(name):
+                kwargs.pop(name)
+        started = time.perf_counter()
+        outcome = "failure"
+        try:
+            result = super().__call__(*args, **kwargs)
+            outcome = "success"
+            return result
+        except Retry:
+            outcome = "retry"
+            raise
+        except (Ignore, Reject):
+            outcome = "ignored"
+            raise
+        finally:
+            log.info("task %s finished: outcome=%s runtime=%.3fs", self.name, outcome, time.perf_counter() - started)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        retries = getattr(self.request, "retries", 0)
+        log.error("task %s failed after %d retries: %s: %s", self.name, retries, type(exc).__name__, exc)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        clear_tenant()
+
+    # -- database ----------------------------------------------------------------------------------
+    @contextmanager
+    def get_db_session(self) -> Iterator[Session]:
+        """A session that sees only the current tenant's rows; fails closed without an organization."""
+        from worker.db.session import tenant_session
+
+        tenant = current_tenant()
+        if not tenant.is_set:
+            raise TenantContextError(f"task {self.name} needs an organization_id but the message carries none")
+        with tenant_session(tenant.organization_id, tenant.user_id) as session:
+            yield session
+
+
+def with_tenant_context(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a bound task a tenant-scoped ``db`` session keyword; callers never pass ``db`` themselves."""
+
+    @functools.wraps(func)
+    def wrapper(self: BaseTask, *args: Any, **kwargs: Any) -> Any:
+        with self.get_db_session() as db:
+            return func(self, *args, db=db, **kwargs)
+
+    signature = inspect.signature(func)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for name, p in signature.parameters.items() if name != "db"])
+    return wrapper

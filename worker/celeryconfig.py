@@ -1,0 +1,77 @@
+"""Validated settings to the Celery configuration dict (the only place Celery settings are made)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config import Settings
+from worker.redis_tls import RedisEndpoint, redis_endpoint
+from worker.routing import DEFAULT_QUEUE, route_task
+
+
+def redis_endpoints(settings: Settings) -> dict[str, RedisEndpoint]:
+    return {
+        "broker": redis_endpoint(settings.broker_url, settings, "BROKER_URL"),
+        "result backend": redis_endpoint(settings.celery_result_backend, settings, "CELERY_RESULT_BACKEND"),
+    }
+
+
+def build_celery_config(settings: Settings) -> dict[str, Any]:
+    endpoints = redis_endpoints(settings)
+    broker, backend = endpoints["broker"], endpoints["result backend"]
+    key_prefix = {"global_keyprefix": settings.redis_key_prefix} if settings.redis_key_prefix else {}
+    config: dict[str, Any] = {
+        "broker_url": broker.url,
+        "result_backend": backend.url,
+        # JSON only: pickle from the broker would be remote code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "result_expires": settings.result_expires,
+        "result_compression": "gzip",
+        "result_extended": True,
+        "task_track_started": True,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_acks_late": settings.task_acks_late,
+        "task_reject_on_worker_lost": settings.task_acks_late,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_routes": (route_task,),
+        # Set explicitly: Celery warns at startup when these are left to their defaults.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": 10,
+        "broker_channel_error_retry": True,
+        # A task running while the connection drops would run twice after redelivery.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": float(settings.celery_worker_soft_shutdown_timeout),
+        "worker_enable_soft_shutdown_on_idle": settings.celery_worker_soft_shutdown_timeout > 0,
+        "worker_hijack_root_logger": True,
+        # kombu reads only top-level keys here (a nested connection_pool_kwargs is ignored).
+        "broker_transport_options": {
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_socket_connect_timeout,
+            "retry_on_timeout": settings.redis_retry_on_timeout,
+            "socket_keepalive": settings.redis_socket_keepalive,
+            "health_check_interval": settings.redis_health_check_interval,
+            "max_connections": settings.redis_max_connections,
+            "visibility_timeout": settings.broker_visibility_timeout,
+            **key_prefix,
+        },
+        # The Redis result backend takes its connection settings from these, not from transport options.
+        "redis_socket_timeout": settings.redis_socket_timeout,
+        "redis_socket_connect_timeout": settings.redis_socket_connect_timeout,
+        "redis_retry_on_timeout": settings.redis_retry_on_timeout,
+        "redis_socket_keepalive": settings.redis_socket_keepalive,
+        "redis_backend_health_check_interval": settings.redis_health_check_interval,
+        "redis_max_connections": settings.redis_max_connections,
+        "result_backend_transport_options": {**key_prefix, "visibility_timeout": settings.broker_visibility_timeout},
+    }
+    if broker.ssl_options is not None:
+        config["broker_use_ssl"] = dict(broker.ssl_options)
+    if backend.ssl_options is not None:
+        config["redis_backend_use_ssl"] = dict(backend.ssl_options)
+    return config

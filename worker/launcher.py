@@ -1,0 +1,29 @@
+"""Enqueue a task for a user: the tenant travels in the message headers."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from celery import Task
+from celery.result import AsyncResult
+
+from worker.tenant.context import Tenant
+from worker.tenant.propagation import ORGANIZATION_HEADER, USER_HEADER
+
+
+class TenantUser(Protocol):
+    id: Any
+    organization_id: Any
+
+
+def task_launcher(task: Task, *args: Any, current_user: TenantUser | None = None, **kwargs: Any) -> AsyncResult:
+    """``task.apply_async`` with the user's organization and id as headers (validated as UUIDs).
+
+    Without ``current_user`` the tenant comes from the current context (a running task, or
+    ``worker.tenant.tenant_scope`` in a web request).
+    """
+    headers: dict[str, str | None] = {}
+    if current_user is not None:
+        tenant = Tenant.of(current_user.organization_id, current_user.id)
+        headers = {ORGANIZATION_HEADER: tenant.organization_id, USER_HEADER: tenant.user_id}
+    return task.apply_async(args=args, kwargs=kwargs, headers=headers)
