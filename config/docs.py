@@ -16,7 +16,7 @@ def env_table() -> str:
     rows = [BEGIN, "", "| Variable | Default | Allowed | Meaning |", "| --- | --- | --- | --- |"]
     for option in OPTIONS:
         default = f"`{option.default}`" if option.default else "(empty)"
-        meaning = option.help + (" Also read from `{0}_FILE`.".format(option.name) if option.secret else "")
+        meaning = option.help + (f" Also read from `{option.name}_FILE`." if option.secret else "")
         rows.append(f"| `{option.name}` | {_cell(default)} | {_cell(option.parser.allowed)} | {_cell(meaning)} |")
     rows += ["", END]
     return "\n".join(rows)

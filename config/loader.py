@@ -57,7 +57,8 @@ def _raw_value(option: Option, env: Mapping[str, str]) -> str:
         try:
             return Path(path).read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"{file_var}={path!r} cannot be read ({exc.strerror}); allowed: a readable file") from None
+            raise ConfigError(
+                f"{file_var}={path!r} cannot be read ({exc.strerror}); allowed: a readable file") from None
     if option.name in env:
         return env[option.name]
     return option.default or ""

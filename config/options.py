@@ -100,7 +100,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("CELERY_WORKER_OPTS", Text("extra `celery worker` options, split like a shell"), "",
            "Extra options passed to `celery worker` as they are.", group="worker"),
     # -- health ----------------------------------------------------------------------------------
-    Option("WORKER_HEALTH_DIR", Text("a writable directory"), "/tmp/worker-health",
+    Option("WORKER_HEALTH_DIR", Text("a writable directory"), "/tmp/worker-health",  # noqa: S108 - the one writable path of a read-only image
            "Where the worker keeps its heartbeat file and ready marker.", group="health"),
     Option("WORKER_HEARTBEAT_INTERVAL", Integer(1, 3600), "10",
            "Seconds between heartbeat file updates while the consumer is alive.", group="health"),
