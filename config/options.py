@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from config.spec import Boolean, Choice, FilePath, Integer, Option, Text, Url, WordList
+from config.spec import Boolean, Choice, FilePath, Integer, Option, Pattern, Text, Url, WordList
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres")
@@ -16,7 +16,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CERT_REQS = ("required", "optional", "none")
 CERT_REQS_ALIASES = {"CERT_REQUIRED": "required", "CERT_OPTIONAL": "optional", "CERT_NONE": "none"}
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$").match
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_.@%\-]+$").match
 
 OPTIONS: tuple[Option, ...] = (
     # -- connections -------------------------------------------------------------------------
@@ -50,7 +49,7 @@ OPTIONS: tuple[Option, ...] = (
            group="redis"),
     Option("REDIS_MAX_CONNECTIONS", Integer(1, 10000), "20",
            "Upper bound of each Redis connection pool (broker and result backend).", group="redis"),
-    Option("REDIS_KEY_PREFIX", Text("letters, digits and _.:- or empty"), "",
+    Option("REDIS_KEY_PREFIX", Pattern(r"[A-Za-z0-9_.:\-]+", "letters, digits and _.:-"), "",
            "Prefix for every Redis key of broker and result backend, to share one Redis between deployments.",
            group="redis"),
     Option("BROKER_VISIBILITY_TIMEOUT", Integer(60, 604800), "7200",
@@ -93,7 +92,8 @@ OPTIONS: tuple[Option, ...] = (
            "celery,execution", "Queues this worker consumes.", group="worker"),
     Option("CELERY_WORKER_POOL", Choice(("prefork", "threads", "gevent", "solo")), "prefork",
            "Execution pool.", group="worker"),
-    Option("CELERY_WORKER_HOSTNAME", Text("a node name like worker@%h"), "",
+    Option("CELERY_WORKER_HOSTNAME", Pattern(r"[A-Za-z0-9_.%\-]+(@[A-Za-z0-9_.%\-]+)?",
+                                             "a node name like worker@%h (letters, digits, _.%-, one @)"), "",
            "Worker node name; empty means Celery's default (celery@<host>).", group="worker"),
     Option("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", Integer(0, 86400), "60",
            "Seconds running tasks get to finish after SIGTERM before they are stopped.", group="worker"),

@@ -8,6 +8,7 @@ the same place.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,23 @@ class Parser:
 class Text(Parser):
     def __init__(self, allowed: str = "any text") -> None:
         self.allowed = allowed
+
+
+class Pattern(Parser):
+    """Text matching a regular expression (empty allowed when ``optional``)."""
+
+    def __init__(self, regex: str, allowed: str, optional: bool = True) -> None:
+        self.regex = re.compile(regex)
+        self.allowed = allowed + (", or empty" if optional else "")
+        self.optional = optional
+
+    def parse(self, raw: str) -> str:
+        value = raw.strip()
+        if not value and self.optional:
+            return ""
+        if not self.regex.fullmatch(value):
+            raise ValueError("has characters that are not allowed")
+        return value
 
 
 class Integer(Parser):

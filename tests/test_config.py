@@ -47,6 +47,8 @@ BAD_VALUES = [
     ("BROKER_VISIBILITY_TIMEOUT", "3700", "is not above TASK_TIME_LIMIT + TASK_MAX_COUNTDOWN"),
     ("TASK_SOFT_TIME_LIMIT", "4000", "is not below TASK_TIME_LIMIT"),
     ("ENABLE_FLOWER", "perhaps", "is not a known value"),
+    ("CELERY_WORKER_HOSTNAME", "bad name/with spaces", "has characters that are not allowed"),
+    ("REDIS_KEY_PREFIX", "tenant worker", "has characters that are not allowed"),
     ("FLOWER_PORT", "70000", "is above the maximum"),
     ("WORKER_HEARTBEAT_MAX_AGE", "5", "is not above WORKER_HEARTBEAT_INTERVAL"),
 ]
