@@ -120,7 +120,9 @@ def test_link_error_callback(pool_worker, client_app) -> None:
         link_error=sig(client_app, "errback").set(task_id=errback_id), **tenant_headers())
     with pytest.raises(Exception, match="cannot be fixed"):
         failing.get(TIMEOUT)
-    assert_tenant(client_app.AsyncResult(errback_id).get(TIMEOUT))
+    seen = client_app.AsyncResult(errback_id).get(TIMEOUT)
+    assert_tenant(seen)
+    assert seen["failed_task_id"] == failing.id
 
 
 def test_replace(pool_worker, client_app) -> None:

@@ -63,8 +63,9 @@ def fail_permanently(self: BaseTask) -> None:
 
 
 @shared_task(bind=True, base=BaseTask, name="tests.probe.errback")
-def errback(self: BaseTask, request: Any, exc: Any, traceback: Any) -> dict[str, Any]:
-    return _seen(self)
+def errback(self: BaseTask, failed_task_id: str) -> dict[str, Any]:
+    """A bound errback gets the failed task's id and is published as its own message (the path that drops headers)."""
+    return _seen(self, failed_task_id=failed_task_id)
 
 
 @shared_task(bind=True, base=BaseTask, name="tests.probe.replace_with_tenant")

@@ -1,0 +1,148 @@
+"""`make bench`: costs of the tenant machinery, as ratios against a baseline measured in the same run.
+
+1. Task throughput: a plain Celery no-op task (baseline) against a BaseTask no-op carrying tenant headers,
+   drained by one real worker (prefork, concurrency 2) on a real Redis. Rounds alternate to cancel drift.
+2. Worker memory: resident set of the worker and its children after each phase, against after warm-up.
+3. Database: a query in a tenant session (RLS + set_config per transaction + ORM criteria) against the same
+   query in a plain session of the owner role with RLS bypassed by a superuser connection.
+
+Results go to stdout and `bench/results/latest.json`. No absolute number is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from config import load_settings
+from tests.conftest import base_environment, start_worker_process
+from worker.dev.provision import drop_database, provision_database
+from worker.dev.services import postgres_admin_url, redis_base_url
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DIR = ROOT / ".run" / "bench"
+TASKS_PER_ROUND = int(os.environ.get("BENCH_TASKS", "1500"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ORG, USER = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+def drain(app, name: str, count: int, headers: dict | None) -> float:  # type: ignore[no-untyped-def]
+    task = app.tasks[name]
+    started = time.perf_counter()
+    results = [task.apply_async(headers=headers) for _ in range(count)]
+    for result in results:
+        result.get(timeout=300)
+    return count / (time.perf_counter() - started)
+
+
+def rss_mb(pid: int) -> float:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def task_benchmark(env: dict[str, str]) -> dict:
+    from worker.app import create_app
+
+    client = create_app(load_settings(environ=env), main="bench-client")
+    import bench.tasks  # noqa: F401 - task names for the client
+
+    worker = start_worker_process(env, RUN_DIR, pool="prefork", concurrency=2, app="bench.worker_app",
+                                  ping_app=client)
+    try:
+        drain(client, "bench.noop_plain", 200, None)  # warm-up
+        drain(client, "bench.noop_tenant", 200, {"organization_id": ORG, "user_id": USER})
+        rss_start = rss_mb(worker.proc.pid)
+        plain, tenant = [], []
+        for _ in range(ROUNDS):
+            plain.append(drain(client, "bench.noop_plain", TASKS_PER_ROUND, None))
+            tenant.append(drain(client, "bench.noop_tenant", TASKS_PER_ROUND, {"organization_id": ORG,
+                                                                              "user_id": USER}))
+        rss_end = rss_mb(worker.proc.pid)
+    finally:
+        worker.stop()
+        client.close()
+    return {
+        "baseline_tasks_per_s": round(statistics.median(plain), 1),
+        "tenant_tasks_per_s": round(statistics.median(tenant), 1),
+        "throughput_ratio": round(statistics.median(tenant) / statistics.median(plain), 3),
+        "worker_rss_ratio_after_runs": round(rss_end / rss_start, 3),
+    }
+
+
+def database_benchmark(admin_url: str, owner_url: str, runtime_url: str, queries: int = 2000) -> dict:
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.orm import Session
+
+    from worker.db.models import Organization, TestSet
+    from worker.db.session import tenant_session
+
+    owner = create_engine(owner_url)
+    org = uuid.uuid4()
+    with tenant_session(org, None, engine=owner) as db:
+        db.add(Organization(id=org, name="bench"))
+        db.flush()
+        db.add_all([TestSet(organization_id=org, name=f"s{i}") for i in range(20)])
+    runtime = create_engine(runtime_url)
+    admin = create_engine(admin_url)
+
+    def plain() -> float:
+        started = time.perf_counter()
+        for _ in range(queries):
+            with Session(admin) as db, db.begin():
+                db.execute(text("select count(*) from test_set where organization_id = :o"), {"o": org}).scalar()
+        return queries / (time.perf_counter() - started)
+
+    def tenant() -> float:
+        started = time.perf_counter()
+        for _ in range(queries):
+            with tenant_session(org, None, engine=runtime) as db:
+                db.scalar(select(func.count()).select_from(TestSet))
+        return queries / (time.perf_counter() - started)
+
+    plain(), tenant()  # warm-up
+    plain_runs, tenant_runs = [], []
+    for _ in range(ROUNDS):
+        plain_runs.append(plain())
+        tenant_runs.append(tenant())
+    for engine in (owner, runtime, admin):
+        engine.dispose()
+    return {
+        "baseline_queries_per_s": round(statistics.median(plain_runs), 1),
+        "tenant_queries_per_s": round(statistics.median(tenant_runs), 1),
+        "query_ratio": round(statistics.median(tenant_runs) / statistics.median(plain_runs), 3),
+    }
+
+
+def main() -> int:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    admin_url = postgres_admin_url(RUN_DIR)
+    db = provision_database(admin_url, prefix="twbench")
+    try:
+        from worker.db.migrate import migrate
+
+        migrate(db.owner_url, db.runtime_url)
+        env = base_environment(redis_base_url(RUN_DIR), db, f"twbench-{secrets.token_hex(4)}:")
+        results = {"tasks": task_benchmark(env), "database": database_benchmark(db.admin_url, db.owner_url,
+                                                                                db.runtime_url)}
+    finally:
+        from worker.db.engine import reset_engines
+
+        reset_engines()
+        drop_database(admin_url, db)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
