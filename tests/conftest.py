@@ -127,7 +127,7 @@ def client_app(session_env: dict[str, str]):  # type: ignore[no-untyped-def]
     app.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker_factory(session_env: dict[str, str], run_dir: Path, client_app) -> Iterator[Callable[..., WorkerProcess]]:  # type: ignore[no-untyped-def]
     started: list[WorkerProcess] = []
 

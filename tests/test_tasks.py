@@ -107,4 +107,6 @@ def test_malformed_message_is_rejected_and_worker_keeps_consuming(worker, client
     result = client_app.tasks["rhesis.backend.tasks.echo"].apply_async(["after"])
     assert result.get(TIMEOUT) == "Message: after, Organization: unknown, User: unknown"
     log = worker.log()
-    assert "bad-1" in log or "decode" in log.lower() or "content" in log.lower()
+    assert "Can't decode message body" in log and "'id': 'bad-1'" in log
+    assert "Refusing to deserialize untrusted content of type pickle" in log
+    assert worker.proc.poll() is None
