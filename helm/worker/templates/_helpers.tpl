@@ -1,0 +1,474 @@
+{{/* ---------------------------------------------------------------- names and labels */}}
+
+{{- define "tw.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tw.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of a component's objects: tw.componentName (list $ "flower") */}}
+{{- define "tw.componentName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "tw.fullname" $root) (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tw.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tw.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tw.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "tw.labels" -}}
+helm.sh/chart: {{ include "tw.chart" . }}
+{{ include "tw.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tenant-worker
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one worker pool: tw.poolSelector (list $ $pool) */}}
+{{- define "tw.poolSelector" -}}
+{{ include "tw.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: worker
+tenant-worker/pool: {{ (index . 1).name }}
+{{- end -}}
+
+{{- define "tw.flowerSelector" -}}
+{{ include "tw.selectorLabels" . }}
+app.kubernetes.io/component: flower
+{{- end -}}
+
+{{- define "tw.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tw.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.secretName" -}}
+{{- default (include "tw.fullname" .) .Values.secret.existingSecret -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- worker pools */}}
+
+{{/*
+tw.deepMerge (dict "base" MAP "over" MAP) -> JSON. Maps merge recursively, anything else (lists, scalars,
+false, 0, "") replaces, null removes the key. Sprig's mergeOverwrite cannot remove an inherited key, and
+older helm 3 releases let it ignore false and 0.
+*/}}
+{{- define "tw.deepMerge" -}}
+{{- $out := deepCopy .base -}}
+{{- range $key, $value := .over -}}
+{{- if kindIs "invalid" $value -}}
+{{- $_ := unset $out $key -}}
+{{- else if and (kindIs "map" $value) (kindIs "map" (get $out $key)) -}}
+{{- $_ := set $out $key (include "tw.deepMerge" (dict "base" (get $out $key) "over" $value) | fromJson) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Memory quantity (Kubernetes notation) in KiB, or "" when empty; fails on what it cannot read. */}}
+{{- define "tw.memoryKiB" -}}
+{{- $q := toString . -}}
+{{- if $q -}}
+{{- $units := dict "" 1 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- $number := regexFind "^[0-9]+" $q -}}
+{{- $suffix := trimPrefix $number $q -}}
+{{- if or (not $number) (not (hasKey $units $suffix)) -}}
+{{- fail (printf "cannot read the memory quantity %q (allowed: an integer with an optional k, M, G, T, Ki, Mi, Gi or Ti suffix)" $q) -}}
+{{- end -}}
+{{- div (mul (int64 $number) (int64 (get $units $suffix))) 1024 -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+tw.pools -> JSON {"pools": [...]}: every entry of .Values.workers merged over workerDefaults, validated, with
+derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName.
+*/}}
+{{- define "tw.pools" -}}
+{{- $root := . -}}
+{{- $pools := list -}}
+{{- $seen := dict -}}
+{{- if not .Values.workers -}}
+{{- fail "workers is empty: the chart needs at least one worker pool, e.g. workers: [{name: default}]" -}}
+{{- end -}}
+{{- range $i, $entry := .Values.workers -}}
+{{- $pool := include "tw.deepMerge" (dict "base" $root.Values.workerDefaults "over" $entry) | fromJson -}}
+{{- $name := required (printf "workers[%d].name is required" $i) $pool.name -}}
+{{- if hasKey $seen $name -}}
+{{- fail (printf "workers[%d]: the pool name %q is used twice; names must be unique" $i $name) -}}
+{{- end -}}
+{{- $_ := set $seen $name true -}}
+{{- $label := printf "workers[%s]" $name -}}
+{{- $_ := set $pool "fullName" (include "tw.componentName" (list $root (printf "worker-%s" $name))) -}}
+{{- if not $pool.queues -}}
+{{- fail (printf "%s: queues is empty; a pool must consume at least one queue" $label) -}}
+{{- end -}}
+{{- /* shutdown contract */ -}}
+{{- $soft := int64 $pool.softShutdownTimeout -}}
+{{- $needed := $soft -}}
+{{- if $pool.preStopDrain -}}
+{{- $needed = mul $soft 2 -}}
+{{- end -}}
+{{- if kindIs "invalid" $pool.terminationGracePeriodSeconds -}}
+{{- $_ := set $pool "gracePeriod" (add $needed (int64 $pool.terminationGraceMarginSeconds)) -}}
+{{- else -}}
+{{- $grace := int64 $pool.terminationGracePeriodSeconds -}}
+{{- if lt $grace $needed -}}
+{{- if $pool.preStopDrain -}}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: the preStop drain may wait softShutdownTimeout=%d s, then the soft shutdown gets another %d s); running tasks would be killed. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it), lower softShutdownTimeout, or set preStopDrain: false" $label $grace $needed $soft $soft $needed) -}}
+{{- else -}}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than softShutdownTimeout (%d); running tasks would be killed before the soft shutdown ends. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it) or lower softShutdownTimeout" $label $grace $soft $needed) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $pool "gracePeriod" $grace -}}
+{{- end -}}
+{{- /* memory per child */ -}}
+{{- $maxMem := $pool.maxMemoryPerChild -}}
+{{- if eq (toString $maxMem) "auto" -}}
+{{- $limit := "" -}}
+{{- if and $pool.resources $pool.resources.limits -}}
+{{- $limit = include "tw.memoryKiB" ($pool.resources.limits.memory | default "") -}}
+{{- end -}}
+{{- if and $limit (eq $pool.pool "prefork") -}}
+{{- $_ := set $pool "maxMemoryKiB" (div (mul (int64 $limit) 3) (mul 4 (int64 $pool.concurrency))) -}}
+{{- else -}}
+{{- $_ := set $pool "maxMemoryKiB" 0 -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $pool "maxMemoryKiB" (int64 $maxMem) -}}
+{{- end -}}
+{{- $_ := set $pool "nodeName" (default (printf "%s@%%h" $name) $pool.hostname) -}}
+{{- /* autoscaling */ -}}
+{{- if and $pool.autoscaling.hpa.enabled $pool.autoscaling.keda.enabled -}}
+{{- fail (printf "%s: autoscaling.hpa and autoscaling.keda are both enabled; they would fight over the replica count. Enable one of them" $label) -}}
+{{- end -}}
+{{- if $pool.autoscaling.hpa.enabled -}}
+{{- if gt (int64 $pool.autoscaling.hpa.minReplicas) (int64 $pool.autoscaling.hpa.maxReplicas) -}}
+{{- fail (printf "%s: autoscaling.hpa.minReplicas is above maxReplicas" $label) -}}
+{{- end -}}
+{{- if not (or $pool.autoscaling.hpa.targetCPUUtilizationPercentage $pool.autoscaling.hpa.targetMemoryUtilizationPercentage) -}}
+{{- fail (printf "%s: autoscaling.hpa needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" $label) -}}
+{{- end -}}
+{{- end -}}
+{{- if $pool.autoscaling.keda.enabled -}}
+{{- if and $root.Values.keda.redis.usePassword (not $root.Values.secret.existingSecret) (not $root.Values.secret.redisPassword) -}}
+{{- fail (printf "%s: autoscaling.keda reads the Redis password from the Secret, but secret.redisPassword is empty; set it (or use secret.existingSecret with REDIS_PASSWORD), or set keda.redis.usePassword=false for a Redis without a password" $label) -}}
+{{- end -}}
+{{- if not $root.Values.keda.redis.address -}}
+{{- fail (printf "%s: autoscaling.keda is enabled but keda.redis.address (host:port of the broker Redis) is empty" $label) -}}
+{{- end -}}
+{{- if gt (int64 $pool.autoscaling.keda.minReplicaCount) (int64 $pool.autoscaling.keda.maxReplicaCount) -}}
+{{- fail (printf "%s: autoscaling.keda.minReplicaCount is above maxReplicaCount" $label) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $pool "autoscaled" (or $pool.autoscaling.hpa.enabled $pool.autoscaling.keda.enabled) -}}
+{{- $pools = append $pools $pool -}}
+{{- end -}}
+{{- toJson (dict "pools" $pools) -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- configuration */}}
+
+{{- define "tw.yesno" -}}
+{{- if . }}yes{{ else }}no{{ end -}}
+{{- end -}}
+
+{{/* Non-secret settings as NAME -> string (JSON); the ConfigMap and the migration Job share it. */}}
+{{- define "tw.configData" -}}
+{{- $c := .Values.config -}}
+{{- $data := dict
+  "LOG_LEVEL" $c.logLevel
+  "DATABASE_POOL_SIZE" (toString (int64 $c.databasePoolSize))
+  "DATABASE_MAX_OVERFLOW" (toString (int64 $c.databaseMaxOverflow))
+  "DATABASE_POOL_TIMEOUT" (toString (int64 $c.databasePoolTimeout))
+  "REDIS_SOCKET_TIMEOUT" (toString (int64 $c.redisSocketTimeout))
+  "REDIS_SOCKET_CONNECT_TIMEOUT" (toString (int64 $c.redisSocketConnectTimeout))
+  "REDIS_RETRY_ON_TIMEOUT" (include "tw.yesno" $c.redisRetryOnTimeout)
+  "REDIS_SOCKET_KEEPALIVE" (include "tw.yesno" $c.redisSocketKeepalive)
+  "REDIS_HEALTH_CHECK_INTERVAL" (toString (int64 $c.redisHealthCheckInterval))
+  "REDIS_MAX_CONNECTIONS" (toString (int64 $c.redisMaxConnections))
+  "REDIS_KEY_PREFIX" $c.redisKeyPrefix
+  "BROKER_VISIBILITY_TIMEOUT" (toString (int64 $c.brokerVisibilityTimeout))
+  "TASK_TIME_LIMIT" (toString (int64 $c.taskTimeLimit))
+  "TASK_SOFT_TIME_LIMIT" (toString (int64 $c.taskSoftTimeLimit))
+  "TASK_MAX_COUNTDOWN" (toString (int64 $c.taskMaxCountdown))
+  "TASK_MAX_RETRIES" (toString (int64 $c.taskMaxRetries))
+  "TASK_RETRY_BACKOFF_MAX" (toString (int64 $c.taskRetryBackoffMax))
+  "TASK_ACKS_LATE" (include "tw.yesno" $c.taskAcksLate)
+  "RESULT_EXPIRES" (toString (int64 $c.resultExpires))
+  "WORKER_HEALTH_DIR" "/tmp/worker-health"
+  "WORKER_HEARTBEAT_INTERVAL" (toString (int64 $c.workerHeartbeatInterval))
+  "WORKER_HEARTBEAT_MAX_AGE" (toString (int64 $c.workerHeartbeatMaxAge))
+  "WORKER_BROKER_LOST_EXIT_AFTER" (toString (int64 $c.workerBrokerLostExitAfter))
+  "ENABLE_FLOWER" "no"
+-}}
+{{- range $k, $v := $c.extra -}}
+{{- $_ := set $data $k (toString $v) -}}
+{{- end -}}
+{{- toJson $data -}}
+{{- end -}}
+
+{{/* Redis TLS settings (NAME -> string) for containers that talk to Redis. */}}
+{{- define "tw.tlsEnvData" -}}
+{{- $t := .Values.redisTls -}}
+{{- $data := dict "REDIS_SSL_CERT_REQS" $t.certReqs -}}
+{{- if include "tw.caSource" . -}}
+{{- $_ := set $data "REDIS_SSL_CA_CERTS" "/etc/tenant-worker/redis-ca/ca.crt" -}}
+{{- end -}}
+{{- if $t.clientCert.existingSecret -}}
+{{- $_ := set $data "REDIS_SSL_CERTFILE" "/etc/tenant-worker/redis-client/tls.crt" -}}
+{{- $_ := set $data "REDIS_SSL_KEYFILE" "/etc/tenant-worker/redis-client/tls.key" -}}
+{{- end -}}
+{{- toJson $data -}}
+{{- end -}}
+
+{{/* "secret", "configMap" or "" : where the Redis CA bundle comes from. */}}
+{{- define "tw.caSource" -}}
+{{- $ca := .Values.redisTls.ca -}}
+{{- $n := 0 -}}
+{{- if $ca.existingSecret }}{{ $n = add1 $n }}{{ end -}}
+{{- if $ca.existingConfigMap }}{{ $n = add1 $n }}{{ end -}}
+{{- if $ca.pem }}{{ $n = add1 $n }}{{ end -}}
+{{- if gt $n 1 -}}
+{{- fail "redisTls.ca: set only one of existingSecret, existingConfigMap and pem" -}}
+{{- end -}}
+{{- if $ca.existingSecret -}}secret{{- else if or $ca.existingConfigMap $ca.pem -}}configMap{{- end -}}
+{{- end -}}
+
+{{- define "tw.caConfigMapName" -}}
+{{- if .Values.redisTls.ca.existingConfigMap -}}
+{{- .Values.redisTls.ca.existingConfigMap -}}
+{{- else -}}
+{{- include "tw.componentName" (list . "redis-ca") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The CA key inside the chart-created ConfigMap is always ca.crt. */}}
+{{- define "tw.caKey" -}}
+{{- if .Values.redisTls.ca.pem -}}ca.crt{{- else -}}{{ .Values.redisTls.ca.key }}{{- end -}}
+{{- end -}}
+
+{{/* Secret-backed env entries. tw.secretEnv (dict "root" $ "for" "worker"|"flower"|"migrate"). */}}
+{{- define "tw.secretEnv" -}}
+{{- $root := .root -}}
+{{- $s := $root.Values.secret -}}
+{{- $name := include "tw.secretName" $root -}}
+{{- if eq .for "migrate" -}}
+{{- $name = ternary $s.existingSecret (include "tw.componentName" (list $root "migrate")) (ne $s.existingSecret "") -}}
+{{- end -}}
+{{- $entries := list -}}
+{{- if ne .for "migrate" -}}
+{{- $entries = append $entries (list "BROKER_URL" $s.keys.brokerUrl false) -}}
+{{- $entries = append $entries (list "CELERY_RESULT_BACKEND" $s.keys.resultBackend false) -}}
+{{- end -}}
+{{- if ne .for "flower" -}}
+{{- $entries = append $entries (list "DATABASE_URL" $s.keys.databaseUrl false) -}}
+{{- end -}}
+{{- if eq .for "migrate" -}}
+{{- $entries = append $entries (list "MIGRATION_DATABASE_URL" $s.keys.migrationDatabaseUrl true) -}}
+{{- end -}}
+{{- if eq .for "worker" -}}
+{{- range (concat (keys $s.extra) $s.extraKeys | uniq | sortAlpha) -}}
+{{- $entries = append $entries (list . . false) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq .for "flower" -}}
+{{- $auth := $root.Values.flower.auth -}}
+{{- if eq $auth.type "basic" -}}
+{{- $entries = append $entries (list "FLOWER_BASIC_AUTH" $s.keys.flowerBasicAuth false) -}}
+{{- else if eq $auth.type "oauth" -}}
+{{- $entries = append $entries (list "FLOWER_OAUTH2_KEY" $s.keys.flowerOauth2Key false) -}}
+{{- $entries = append $entries (list "FLOWER_OAUTH2_SECRET" $s.keys.flowerOauth2Secret false) -}}
+{{- $entries = append $entries (list "FLOWER_COOKIE_SECRET" $s.keys.flowerCookieSecret true) -}}
+{{- end -}}
+{{- end -}}
+{{- range $entries }}
+- name: {{ index . 0 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ index . 1 }}
+      {{- if index . 2 }}
+      optional: true
+      {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- pod pieces */}}
+
+{{- define "tw.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "tw.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Pod-level settings every component shares. */}}
+{{- define "tw.podCommon" -}}
+serviceAccountName: {{ include "tw.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- include "tw.podSecurityContext" . | nindent 2 }}
+{{- end -}}
+
+{{/* Volumes for Redis TLS material (read-only), as a YAML list (possibly empty). */}}
+{{- define "tw.tlsVolumes" -}}
+{{- $src := include "tw.caSource" . -}}
+{{- if eq $src "secret" }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.redisTls.ca.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.redisTls.ca.key }}
+        path: ca.crt
+{{- else if eq $src "configMap" }}
+- name: redis-ca
+  configMap:
+    name: {{ include "tw.caConfigMapName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "tw.caKey" . }}
+        path: ca.crt
+{{- end }}
+{{- with .Values.redisTls.clientCert }}
+{{- if .existingSecret }}
+- name: redis-client-cert
+  secret:
+    secretName: {{ .existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .certKey }}
+        path: tls.crt
+      - key: {{ .keyKey }}
+        path: tls.key
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "tw.tlsMounts" -}}
+{{- if include "tw.caSource" . }}
+- name: redis-ca
+  mountPath: /etc/tenant-worker/redis-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.redisTls.clientCert.existingSecret }}
+- name: redis-client-cert
+  mountPath: /etc/tenant-worker/redis-client
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* A probe: default handler unless the values bring their own. tw.probe (dict "probe" P "handler" H) */}}
+{{- define "tw.probe" -}}
+{{- $p := omit .probe "enabled" -}}
+{{- if not (or $p.exec $p.httpGet $p.tcpSocket $p.grpc) -}}
+{{- $p = merge $p .handler -}}
+{{- end -}}
+{{- toYaml $p -}}
+{{- end -}}
+
+{{/* Checksums of rendered configuration; they roll the pods when it changes. */}}
+{{- define "tw.checksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- validation */}}
+
+{{/* Rules the schema cannot express; each failure names the value to change. */}}
+{{- define "tw.validate" -}}
+{{- $_ := include "tw.pools" . -}}
+{{- $_ := include "tw.caSource" . -}}
+{{- $s := .Values.secret -}}
+{{- $f := .Values.flower -}}
+{{- $secretVars := list "BROKER_URL" "CELERY_RESULT_BACKEND" "DATABASE_URL" "MIGRATION_DATABASE_URL" "FLOWER_BASIC_AUTH" "FLOWER_OAUTH2_SECRET" "FLOWER_COOKIE_SECRET" -}}
+{{- range $k, $_ := .Values.config.extra -}}
+{{- if or (has $k $secretVars) (hasSuffix "_FILE" $k) -}}
+{{- fail (printf "config.extra.%s: secret settings do not belong in the ConfigMap; put them into the Secret (secret.* or secret.existingSecret)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if $f.enabled -}}
+{{- if eq $f.auth.type "none" -}}
+{{- if not $f.auth.allowUnauthenticated -}}
+{{- fail "flower.enabled with flower.auth.type=none: Flower would be open to anyone who reaches it. Use flower.auth.type basic (FLOWER_BASIC_AUTH in the Secret) or oauth, or set flower.auth.allowUnauthenticated=true for development only" -}}
+{{- end -}}
+{{- else if eq $f.auth.type "basic" -}}
+{{- if and (not $s.existingSecret) (not $s.flowerBasicAuth) -}}
+{{- fail "flower.enabled needs authentication: set secret.flowerBasicAuth (user:password), or put FLOWER_BASIC_AUTH in secret.existingSecret, or use flower.auth.type=oauth (flower.auth.allowUnauthenticated=true with type none is for development only)" -}}
+{{- end -}}
+{{- else if eq $f.auth.type "oauth" -}}
+{{- if not $f.auth.oauth.provider -}}
+{{- fail "flower.auth.type=oauth needs flower.auth.oauth.provider (FLOWER_AUTH_PROVIDER, e.g. flower.views.auth.GithubLoginHandler)" -}}
+{{- end -}}
+{{- if not $f.auth.oauth.allowedEmails -}}
+{{- fail "flower.auth.type=oauth needs flower.auth.oauth.allowedEmails (FLOWER_AUTH, a regular expression of allowed e-mail addresses); without it any account of the provider gets in" -}}
+{{- end -}}
+{{- if and (not $s.existingSecret) (not (and $s.flowerOauth2Key $s.flowerOauth2Secret)) -}}
+{{- fail "flower.auth.type=oauth needs secret.flowerOauth2Key and secret.flowerOauth2Secret (or FLOWER_OAUTH2_KEY and FLOWER_OAUTH2_SECRET in secret.existingSecret)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and $f.ingress.enabled (not $f.enabled) -}}
+{{- fail "flower.ingress.enabled needs flower.enabled" -}}
+{{- end -}}
+{{- if and $s.existingSecret (or $s.brokerUrl $s.resultBackend $s.databaseUrl $s.migrationDatabaseUrl $s.flowerBasicAuth $s.flowerOauth2Key $s.flowerOauth2Secret $s.flowerCookieSecret $s.redisPassword $s.extra) -}}
+{{- fail "secret.existingSecret is set together with secret values (brokerUrl, databaseUrl, extra, ...): those would be ignored. Put them into the existing Secret, or leave existingSecret empty" -}}
+{{- end -}}
+{{- end -}}

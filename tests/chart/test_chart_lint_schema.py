@@ -1,0 +1,166 @@
+"""helm lint, and the values schema: generated, complete, strict, and in step with the image's options."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from chart_support import CHART, ROOT, VALUE_SETS, run_helm
+
+SCHEMA_FILE = CHART / "values.schema.json"
+GENERATOR = CHART / "hack" / "generate_schema.py"
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def _defaults() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+@pytest.mark.parametrize("values_set", ["default", "keda", "network-policy", "flower-prefix-ingress", "pools"])
+def test_helm_lint_strict(helm_bin: Path, tmp_path: Path, values_set: str) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(json.dumps(VALUE_SETS[values_set]))
+    done = run_helm(helm_bin, "lint", "--strict", str(CHART), "-f", str(values))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_schema_file_is_generated_and_current() -> None:
+    done = subprocess.run([sys.executable, str(GENERATOR), "--check"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = [(path or "/", schema)]
+    for name, sub in (schema.get("properties") or {}).items():
+        found += _walk(sub, f"{path}/{name}")
+    if isinstance(schema.get("items"), dict):
+        found += _walk(schema["items"], f"{path}[]")
+    for variant in schema.get("oneOf", []):
+        found += _walk(variant, path)
+    return found
+
+
+def test_schema_describes_every_value_and_closes_every_chart_object() -> None:
+    undescribed, open_objects = [], []
+    for path, node in _walk(_schema()):
+        is_variant = "description" not in node and ("enum" in node or node.get("type") == "integer")
+        if path != "/" and "description" not in node and not path.endswith("[]") and not is_variant:
+            undescribed.append(path)
+        if "properties" in node and node.get("additionalProperties") is not False and not path.endswith("[]"):
+            open_objects.append(path)
+    assert not undescribed, f"values without a description: {undescribed}"
+    assert not open_objects, f"chart objects that accept unknown keys: {open_objects}"
+
+
+def test_values_yaml_satisfies_schema_and_schema_covers_it() -> None:
+    jsonschema.Draft7Validator(_schema()).validate(_defaults())
+    # The schema is closed, so this also proves that every key of values.yaml is declared (and described).
+
+
+@pytest.mark.parametrize("bad", [
+    {"bogus": 1},
+    {"workerDefaults": {"concurency": 2}},
+    {"workers": [{"name": "x", "queue": ["celery"]}]},
+    {"flower": {"auth": {"kind": "basic"}}},
+    {"config": {"logLevel": "LOUD"}},
+    {"workers": [{"name": "Bad_Name"}]},
+    {"workers": [{"name": "x", "queues": ["no spaces"]}]},
+    {"workers": [{"name": "x", "pool": "eventlet"}]},
+    {"secret": {"extra": {"lower-case-dash": "x"}}},
+    {"image": {"digest": "latest"}},
+])
+def test_schema_rejects(bad: dict[str, Any]) -> None:
+    merged = _deep_merge(_defaults(), bad)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(_schema()).validate(merged)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+# -- the chart's config block against the image's declared options (config/options.py) ----------------------
+CONFIG_ENV = {
+    "logLevel": "LOG_LEVEL", "databasePoolSize": "DATABASE_POOL_SIZE", "databaseMaxOverflow": "DATABASE_MAX_OVERFLOW",
+    "databasePoolTimeout": "DATABASE_POOL_TIMEOUT", "redisSocketTimeout": "REDIS_SOCKET_TIMEOUT",
+    "redisSocketConnectTimeout": "REDIS_SOCKET_CONNECT_TIMEOUT", "redisRetryOnTimeout": "REDIS_RETRY_ON_TIMEOUT",
+    "redisSocketKeepalive": "REDIS_SOCKET_KEEPALIVE", "redisHealthCheckInterval": "REDIS_HEALTH_CHECK_INTERVAL",
+    "redisMaxConnections": "REDIS_MAX_CONNECTIONS", "redisKeyPrefix": "REDIS_KEY_PREFIX",
+    "brokerVisibilityTimeout": "BROKER_VISIBILITY_TIMEOUT", "taskTimeLimit": "TASK_TIME_LIMIT",
+    "taskSoftTimeLimit": "TASK_SOFT_TIME_LIMIT", "taskMaxCountdown": "TASK_MAX_COUNTDOWN",
+    "taskMaxRetries": "TASK_MAX_RETRIES", "taskRetryBackoffMax": "TASK_RETRY_BACKOFF_MAX",
+    "taskAcksLate": "TASK_ACKS_LATE", "resultExpires": "RESULT_EXPIRES",
+    "workerHeartbeatInterval": "WORKER_HEARTBEAT_INTERVAL", "workerHeartbeatMaxAge": "WORKER_HEARTBEAT_MAX_AGE",
+    "workerBrokerLostExitAfter": "WORKER_BROKER_LOST_EXIT_AFTER",
+}
+
+
+@pytest.fixture(scope="module")
+def options() -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from config.options import BY_NAME
+    except ImportError as exc:  # pragma: no cover - config/ belongs to another part of the repo
+        pytest.skip(f"config.options cannot be imported: {exc}")
+    return BY_NAME
+
+
+def test_config_block_matches_image_options(options: dict[str, Any]) -> None:
+    config = _defaults()["config"]
+    assert set(config) - {"extra"} == set(CONFIG_ENV), "config keys and the CONFIG_ENV table differ"
+    mismatched = {}
+    for key, env in CONFIG_ENV.items():
+        assert env in options, f"config.{key} maps to {env}, which config/options.py does not declare"
+        option = options[env]
+        assert not option.secret, f"{env} is secret and must not be in the ConfigMap"
+        chart_default = config[key]
+        if isinstance(chart_default, bool):
+            chart_default = "yes" if chart_default else "no"
+        if option.parse(str(chart_default)) != option.parse(option.default or ""):
+            mismatched[key] = (config[key], option.default)
+    assert not mismatched, f"chart defaults differ from the image's (chart, image): {mismatched}"
+
+
+def test_config_schema_bounds_match_image_options(options: dict[str, Any]) -> None:
+    props = _schema()["properties"]["config"]["properties"]
+    for key, env in CONFIG_ENV.items():
+        parser = options[env].parser
+        if props[key].get("type") == "integer":
+            assert (props[key].get("minimum"), props[key].get("maximum")) == (parser.minimum, parser.maximum), key
+        if "enum" in props[key]:
+            assert tuple(props[key]["enum"]) == parser.choices, key
+
+
+def test_every_rendered_variable_is_an_image_option(render: Any, options: dict[str, Any]) -> None:
+    """A typo in a variable name would silently do nothing in the container."""
+    from chart_support import env_of
+
+    flower_only = {"FLOWER_URL_PREFIX", "FLOWER_PURGE_OFFLINE_WORKERS", "FLOWER_PERSISTENT", "FLOWER_AUTH",
+                   "FLOWER_AUTH_PROVIDER", "FLOWER_OAUTH2_KEY", "FLOWER_OAUTH2_SECRET", "FLOWER_OAUTH2_REDIRECT_URI",
+                   "FLOWER_COOKIE_SECRET"}  # read by Flower itself, not by config/options.py
+    model_keys = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+    unknown: set[str] = set()
+    for name in ("chart-secret", "flower-prefix-ingress", "flower-oauth-existing", "tls-ca-secret",
+                 "existing-secret"):
+        rendered = render(VALUE_SETS[name])
+        for cm in rendered.all("ConfigMap"):
+            if cm["metadata"]["name"].endswith("-redis-ca"):
+                continue
+            unknown |= set(cm["data"]) - set(options)
+        for deployment in rendered.all("Deployment") + rendered.all("Job"):
+            unknown |= set(env_of(deployment)) - set(options) - flower_only - model_keys
+    assert not unknown, f"variables the image does not read: {sorted(unknown)}"
