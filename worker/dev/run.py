@@ -69,7 +69,9 @@ def main() -> int:
     from worker.db.demo_data import create_demo_data
     from worker.db.migrate import migrate
 
-    migrate(env.get("MIGRATION_DATABASE_URL") or env["DATABASE_URL"], env["DATABASE_URL"])
+    migration_url = env.get("MIGRATION_DATABASE_URL") or env["DATABASE_URL"]
+    # One role for both is a development shortcut that migrate() refuses unless told; make run is development.
+    migrate(migration_url, env["DATABASE_URL"], allow_owner_runtime=migration_url == env["DATABASE_URL"])
     summary = create_demo_data(env.get("MIGRATION_DATABASE_URL") or env["DATABASE_URL"])
     print(f"broker:   {mask_url(env['BROKER_URL'])}\ndatabase: {mask_url(env['DATABASE_URL'])}")
     print(f"demo data: {json.dumps(summary, default=str)[:2000]}")

@@ -1,0 +1,109 @@
+"""Second layer: ORM criteria that filter tenant models by the session's tenant.
+
+Row-level security is the real boundary. This layer makes a development database without RLS (or a role
+that bypasses it) still return only the tenant's rows through the ORM, and stops the ORM from writing a row
+for another organization before PostgreSQL would. Raw SQL (``text()``, Core statements on tables) is not
+covered here; only RLS covers it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Alias, Table, event, inspect
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
+
+from worker.db.models import TENANT_TABLES, Organization, TenantMixin
+from worker.errors import TenantConflictError
+from worker.tenant.context import Tenant
+
+#: ``session.info`` key holding the :class:`Tenant` of a tenant-scoped session.
+TENANT_INFO_KEY = "worker.db.tenant"
+_TENANT_TABLE_NAMES = frozenset(TENANT_TABLES)
+
+
+def session_tenant(session: Session) -> Tenant | None:
+    return session.info.get(TENANT_INFO_KEY)
+
+
+def _filter_by_tenant(state: ORMExecuteState) -> None:
+    tenant = session_tenant(state.session)
+    if tenant is None or tenant.organization_id is None:
+        return
+    # Lazy and column loads inherit the criteria from the statement that loaded the parent.
+    if state.is_column_load or state.is_relationship_load:
+        return
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    org = uuid.UUID(tenant.organization_id)
+    # The lambdas are cached by SQLAlchemy; ``org`` becomes a bound parameter, not part of the cache key.
+    statement = state.statement.options(
+        with_loader_criteria(TenantMixin, lambda cls: cls.organization_id == org, include_aliases=True),
+        with_loader_criteria(Organization, lambda cls: cls.id == org, include_aliases=True),
+    )
+    final_froms = getattr(statement, "get_final_froms", None)  # absent on unions and from_statement()
+    if final_froms is not None:
+        # Loader criteria cover entities named in the columns, select_from() and joins, but not a table that
+        # only the WHERE clause mentions (``select(func.count()).where(Test.prompt == ...)``). Filter such
+        # top-level tables directly; a repeated predicate on the others is harmless. Tables inside joins are
+        # left to the loader criteria, which put them in the ON clause and so keep outer joins outer.
+        extra = [predicate for from_ in final_froms()
+                 if (predicate := _top_level_predicate(from_, org)) is not None]
+        if extra:
+            statement = statement.where(*extra)
+    state.statement = statement
+
+
+def _top_level_predicate(from_: Any, org: uuid.UUID) -> Any:
+    table = from_.element if isinstance(from_, Alias) else from_
+    if not isinstance(table, Table) or table.schema is not None:
+        return None
+    if table.name == "organization":
+        return from_.c.id == org
+    if table.name in _TENANT_TABLE_NAMES:
+        return from_.c.organization_id == org
+    return None
+
+
+def _same_org(value: Any, org: str) -> bool:
+    return str(value).lower() == org
+
+
+def _stamp_and_check(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
+    """Fill in the tenant on new rows; refuse rows (new or moved) that belong to another organization."""
+    tenant = session_tenant(session)
+    if tenant is None or tenant.organization_id is None:
+        return
+    org = tenant.organization_id
+    for obj in session.new:
+        if isinstance(obj, TenantMixin):
+            if obj.organization_id is None:
+                obj.organization_id = uuid.UUID(org)
+            if tenant.user_id is not None and getattr(obj, "user_id", False) is None:
+                obj.user_id = uuid.UUID(tenant.user_id)  # type: ignore[attr-defined]
+            if not _same_org(obj.organization_id, org):
+                raise TenantConflictError(
+                    f"{type(obj).__name__} for organization {obj.organization_id} in a session of organization {org}")
+        elif isinstance(obj, Organization):
+            if obj.id is None:
+                obj.id = uuid.UUID(org)
+            if not _same_org(obj.id, org):
+                raise TenantConflictError(f"organization {obj.id} created in a session of organization {org}")
+    for obj in session.dirty:
+        if isinstance(obj, TenantMixin) and inspect(obj).attrs.organization_id.history.has_changes():
+            if not _same_org(obj.organization_id, org):
+                raise TenantConflictError(
+                    f"{type(obj).__name__} moved to organization {obj.organization_id} in a session of "
+                    f"organization {org}")
+
+
+def install() -> None:
+    """Register the listeners on every Session (idempotent); they act only on sessions that carry a tenant."""
+    if not event.contains(Session, "do_orm_execute", _filter_by_tenant):
+        event.listen(Session, "do_orm_execute", _filter_by_tenant)
+    if not event.contains(Session, "before_flush", _stamp_and_check):
+        event.listen(Session, "before_flush", _stamp_and_check)
+
+
+install()

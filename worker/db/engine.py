@@ -1,0 +1,105 @@
+"""Process-wide SQLAlchemy engines, refused when they would lose the tenant setting, disposed after fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import Connection, make_url
+
+from worker.errors import TenantContextError
+
+_engines: dict[tuple[str, tuple[tuple[str, Any], ...]], Engine] = {}
+_lock = threading.Lock()
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept the ``postgres://`` spelling that the configuration allows but SQLAlchemy 2 rejects."""
+    if url.startswith("postgres://"):
+        return "postgresql://" + url[len("postgres://"):]
+    return url
+
+
+def role_name(url: str) -> str | None:
+    return make_url(sqlalchemy_url(url)).username
+
+
+def refuse_autocommit(bind: Engine | Connection) -> None:
+    """Raise TenantContextError for an engine or connection that runs without transactions.
+
+    ``set_config(..., true)`` outside a transaction ends with the statement, so under AUTOCOMMIT every query
+    after it runs with no tenant (or, on a policy without ``nullif``, the wrong one). Refusing is the only safe
+    answer.
+    """
+    level = bind.get_execution_options().get("isolation_level")
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    # ``create_engine(isolation_level=...)`` keeps the level here rather than in the execution options.
+    level = level or getattr(engine.dialect, "_on_connect_isolation_level", None)
+    if isinstance(bind, Connection) and not bind.closed and not bind.invalidated:
+        # Catches what configuration cannot show: connect_args, pool events, a driver-level switch.
+        if getattr(bind.connection.dbapi_connection, "autocommit", False) is True:
+            level = "AUTOCOMMIT"
+    if str(level or "").upper() == "AUTOCOMMIT":
+        raise TenantContextError(
+            "an AUTOCOMMIT engine or connection cannot carry a transaction-local tenant setting; "
+            "use a transactional engine for tenant-scoped work")
+
+
+def get_engine(url: str | None = None, **options: Any) -> Engine:
+    """The process's engine for ``url`` (default: ``DATABASE_URL``), created once and cached.
+
+    Pool size, overflow and timeout come from the settings unless given in ``options``; connections are
+    pre-pinged because workers sit idle for long stretches and databases restart.
+    """
+    from worker.settings import get_settings
+
+    settings = None
+    if url is None:
+        settings = get_settings()
+        url = settings.database_url
+    url = sqlalchemy_url(url)
+    key = (url, tuple(sorted(options.items(), key=lambda item: item[0])))
+    engine = _engines.get(key)
+    if engine is not None:
+        return engine
+    with _lock:
+        engine = _engines.get(key)
+        if engine is not None:
+            return engine
+        if not {"pool_size", "max_overflow", "pool_timeout"} <= options.keys() and "poolclass" not in options:
+            settings = settings or get_settings()
+            options = {"pool_size": settings.database_pool_size, "max_overflow": settings.database_max_overflow,
+                       "pool_timeout": settings.database_pool_timeout, **options}
+        engine = create_engine(url, pool_pre_ping=options.pop("pool_pre_ping", True), **options)
+        try:
+            refuse_autocommit(engine)
+        except TenantContextError:
+            engine.dispose()
+            raise
+        _engines[key] = engine
+        return engine
+
+
+def dispose_engines_after_fork() -> None:
+    """Give a forked child fresh pools without closing the parent's sockets (``close=False``).
+
+    Connected to Celery's ``worker_process_init`` by the app, and to ``os.register_at_fork`` below for any
+    other fork; calling it twice is harmless.
+    """
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+def reset_engines() -> None:
+    """Close and forget every cached engine (tests; settings changed)."""
+    with _lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=dispose_engines_after_fork)

@@ -1,0 +1,205 @@
+"""``migrate``: Alembic upgrade as the owner role, then least-privilege grants and a row-level security audit.
+
+Everything runs in one transaction under an advisory lock, so two pods migrating at once queue up, and a
+failed check leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+from worker.db import MigrationError
+from worker.db.engine import role_name, sqlalchemy_url
+from worker.db.models import RLS_TABLES
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MigrationError", "alembic_config", "apply_grants", "check_runtime_role", "current_revision", "migrate",
+           "verify_row_security"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Arbitrary constant shared by every migrate run ("tenant-w" in ASCII).
+_LOCK_KEY = 0x74656E616E742D77
+#: What the runtime role may do per table; nothing else in the database. Creating or deleting organizations
+#: is not a worker's job, so ``organization`` is read-only for it.
+RUNTIME_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
+    table: ("SELECT",) if table == "organization" else ("SELECT", "INSERT", "UPDATE", "DELETE")
+    for table in RLS_TABLES
+}
+_ALL_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+CURRENT_ORG_SQL = "nullif(current_setting('app.current_organization', true), '')::uuid"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic configuration pointing at the packaged migrations; no alembic.ini needed."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _quote(connection: Connection, name: str) -> str:
+    return connection.dialect.identifier_preparer.quote_identifier(name)
+
+
+def check_runtime_role(connection: Connection, runtime: str, owner: str) -> None:
+    """Refuse a runtime role that could skip row-level security."""
+    row = connection.execute(text("select rolsuper, rolbypassrls from pg_roles where rolname = :r"),
+                             {"r": runtime}).first()
+    if row is None:
+        raise MigrationError(f"runtime role {runtime!r} (the user in DATABASE_URL) does not exist; create it with "
+                             "LOGIN NOSUPERUSER NOBYPASSRLS")
+    if row.rolsuper:
+        raise MigrationError(f"runtime role {runtime!r} is a superuser, so row-level security never applies to it; "
+                             "use a NOSUPERUSER role in DATABASE_URL")
+    if row.rolbypassrls:
+        raise MigrationError(f"runtime role {runtime!r} has BYPASSRLS, so row-level security never applies to it; "
+                             f"ALTER ROLE {runtime} NOBYPASSRLS or use another role")
+    if runtime != owner and connection.execute(text("select pg_has_role(:r, :o, 'MEMBER')"),
+                                               {"r": runtime, "o": owner}).scalar():
+        raise MigrationError(f"runtime role {runtime!r} is a member of the owner role {owner!r} and could SET ROLE "
+                             "to it and disable row-level security; revoke that membership")
+    owned = connection.execute(text(
+        "select c.relname from pg_class c join pg_roles r on r.oid = c.relowner "
+        "join pg_namespace n on n.oid = c.relnamespace "
+        "where r.rolname = :r and n.nspname not in ('pg_catalog', 'information_schema') order by 1"),
+        {"r": runtime}).scalars().all()
+    if owned and runtime != owner:
+        raise MigrationError(f"runtime role {runtime!r} owns {', '.join(owned)}; an owner can disable row-level "
+                             "security, so the runtime role must own nothing")
+
+
+def apply_grants(connection: Connection, runtime: str) -> None:
+    """Reset the runtime role's rights to exactly RUNTIME_TABLE_PRIVILEGES (re-run on every migrate)."""
+    role = _quote(connection, runtime)
+    database = _quote(connection, connection.execute(text("select current_database()")).scalar_one())
+    schema_owned = connection.execute(text(
+        "select pg_has_role(current_user, nspowner, 'USAGE') from pg_namespace where nspname = 'public'")).scalar()
+    if schema_owned:
+        # Before PostgreSQL 15 every role may create objects in public (and then own them).
+        connection.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+    else:
+        log.warning("the migration role does not own schema public; cannot revoke CREATE on it from PUBLIC")
+    connection.execute(text(f"GRANT CONNECT ON DATABASE {database} TO {role}"))
+    connection.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+    # Start from nothing so that rights granted by an earlier revision (or by hand) do not linger.
+    connection.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}"))
+    connection.execute(text(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}"))
+    for table, privileges in RUNTIME_TABLE_PRIVILEGES.items():
+        connection.execute(text(f"GRANT {', '.join(privileges)} ON TABLE public.{_quote(connection, table)} "
+                                f"TO {role}"))
+    # UUID keys need no sequences today; a serial column added later gets what inserts need.
+    sequences = connection.execute(text(
+        "select distinct s.relname from pg_class s join pg_depend d on d.objid = s.oid and d.deptype in ('a', 'i') "
+        "join pg_class t on t.oid = d.refobjid join pg_namespace n on n.oid = t.relnamespace "
+        "where s.relkind = 'S' and n.nspname = 'public' and t.relname = any(:tables)"),
+        {"tables": list(RLS_TABLES)}).scalars().all()
+    for sequence in sequences:
+        connection.execute(text(f"GRANT USAGE, SELECT ON SEQUENCE public.{_quote(connection, sequence)} TO {role}"))
+
+
+def _normalize(expression: str | None) -> str:
+    return re.sub(r"\s+", " ", (expression or "").strip().lower())
+
+
+def verify_row_security(connection: Connection, runtime: str | None) -> None:
+    """Every model table has RLS, FORCE and only the tenant policy; the runtime role has exactly its grants."""
+    problems: list[str] = []
+    for table in RLS_TABLES:
+        column = "id" if table == "organization" else "organization_id"
+        flags = connection.execute(text(
+            "select c.relrowsecurity, c.relforcerowsecurity from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relname = :t"),
+            {"t": table}).first()
+        if flags is None:
+            problems.append(f"table {table} is missing")
+            continue
+        if not flags.relrowsecurity or not flags.relforcerowsecurity:
+            problems.append(f"table {table} lacks ENABLE and FORCE ROW LEVEL SECURITY")
+        # PostgreSQL stores the expression deparsed; this is its deparsed form of CURRENT_ORG_SQL.
+        expected = _normalize(f"({column} = (nullif(current_setting('app.current_organization'::text, true), "
+                              "''::text))::uuid)")
+        policies = connection.execute(text(
+            "select policyname, permissive, cmd, qual, with_check from pg_policies "
+            "where schemaname = 'public' and tablename = :t"), {"t": table}).all()
+        if not policies:
+            problems.append(f"table {table} has no row-level security policy")
+        for policy in policies:
+            if policy.permissive != "PERMISSIVE":
+                continue  # a restrictive policy can only narrow what the tenant policy allows
+            # Permissive policies are OR-ed: one looser expression (say "or the setting is empty") widens all.
+            using_ok = policy.cmd == "INSERT" or _normalize(policy.qual) == expected
+            check = policy.with_check if policy.with_check is not None else policy.qual
+            check_ok = policy.cmd in ("SELECT", "DELETE") or _normalize(check) == expected
+            if not (using_ok and check_ok):
+                problems.append(f"policy {policy.policyname} on {table} is not the tenant policy "
+                                f"(USING {policy.qual}; WITH CHECK {policy.with_check})")
+        if runtime is not None:
+            wanted = set(RUNTIME_TABLE_PRIVILEGES[table])
+            held = {p for p in _ALL_TABLE_PRIVILEGES if connection.execute(
+                text("select has_table_privilege(:r, :t, :p)"), {"r": runtime, "t": f'public."{table}"', "p": p},
+            ).scalar()}
+            if held != wanted:
+                problems.append(f"runtime role {runtime} holds {sorted(held)} on {table}, expected {sorted(wanted)}")
+    if runtime is not None and connection.execute(
+            text("select has_schema_privilege(:r, 'public', 'CREATE')"), {"r": runtime}).scalar():
+        problems.append(f"runtime role {runtime} may CREATE in schema public (granted by someone else?)")
+    if problems:
+        raise MigrationError("row-level security check failed:\n  " + "\n  ".join(problems))
+
+
+def migrate(migration_url: str, runtime_url: str, *, allow_owner_runtime: bool = False) -> None:
+    """Upgrade to head as the role in ``migration_url``, then grant the role in ``runtime_url`` what it needs.
+
+    Raises MigrationError, with nothing committed, when the runtime role is a superuser, has BYPASSRLS, owns
+    objects, can become the owner, or is the migration role itself (allowed only with ``allow_owner_runtime``,
+    for throwaway development databases; FORCE RLS still applies to it, but an owner can switch RLS off).
+    """
+    runtime = role_name(runtime_url)
+    if not runtime:
+        raise MigrationError("DATABASE_URL names no user; the runtime role must be explicit")
+    engine = create_engine(sqlalchemy_url(migration_url), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("select pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            owner = connection.execute(text("select current_user")).scalar_one()
+            same_role = runtime == owner
+            if same_role and not allow_owner_runtime:
+                raise MigrationError(
+                    f"DATABASE_URL and MIGRATION_DATABASE_URL use the same role {owner!r}: the runtime role would "
+                    "own the tables and could switch row-level security off. Set MIGRATION_DATABASE_URL to the "
+                    "owner role and DATABASE_URL to a separate runtime role (or, for a throwaway development "
+                    "database only, pass --allow-owner-runtime)")
+            check_runtime_role(connection, runtime, owner)
+            command.upgrade(alembic_config(connection), "head")
+            if same_role:
+                log.warning("RUNTIME ROLE %r OWNS THE TABLES: tenant isolation rests on FORCE ROW LEVEL SECURITY "
+                            "alone and the role can switch it off. Never run like this outside development.", owner)
+            else:
+                apply_grants(connection, runtime)
+            verify_row_security(connection, None if same_role else runtime)
+    finally:
+        engine.dispose()
+    log.info("database migrated; runtime role %s granted %s", runtime,
+             "nothing (it is the owner)" if same_role else "tenant table access")
+
+
+def current_revision(url: str) -> str | None:
+    """The applied Alembic revision, or None for an unmigrated database."""
+    engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if connection.execute(text("select to_regclass('public.alembic_version')")).scalar() is None:
+                return None
+            return connection.execute(text("select version_num from alembic_version")).scalar()
+    finally:
+        engine.dispose()

@@ -1,0 +1,240 @@
+"""SQLAlchemy 2 models of the tenant schema.
+
+Every tenant table carries ``organization_id``; references between tenant tables are composite foreign keys
+``(organization_id, x_id) -> x(organization_id, id)``, so that a row can never point at another organization's
+row, even when written by a role that bypasses row-level security. The migrations in ``migrations/versions``
+create the same schema (a test compares them) plus the row-level security policies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TEST_RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+TEST_RESULT_STATUSES = ("passed", "failed", "error", "skipped")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # The model names start with "Test"; without this pytest tries to collect them from test modules.
+    __test__ = False
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    # Python-side default so that ids exist before a flush; the server default covers raw SQL inserts.
+    return mapped_column(primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()"),
+                         sort_order=-10)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def _tenant_fk(owner: str, table: str, column: str, ondelete: str | None = None) -> ForeignKeyConstraint:
+    """``(organization_id, <column>) -> <table>(organization_id, id)``: no reference across organizations."""
+    return ForeignKeyConstraint(
+        ["organization_id", column], [f"{table}.organization_id", f"{table}.id"],
+        name=f"fk_{owner}_{column.removesuffix('_id')}_same_org", ondelete=ondelete,
+    )
+
+
+def _org_and_id_unique() -> UniqueConstraint:
+    # Target of the composite foreign keys above.
+    return UniqueConstraint("organization_id", "id")
+
+
+class TenantMixin:
+    """A row that belongs to one organization; row-level security and the ORM criteria filter on it."""
+
+    __test__ = False
+
+    @declared_attr
+    def organization_id(cls) -> Mapped[uuid.UUID]:
+        # sort_order: right after the primary key in CREATE TABLE, not after the subclass columns.
+        return mapped_column(ForeignKey("organization.id", ondelete="CASCADE"), nullable=False, sort_order=-5)
+
+
+class Organization(Base):
+    """A tenant. Row-level security shows a session only its own organization row."""
+
+    __tablename__ = "organization"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class User(TenantMixin, Base):
+    __tablename__ = "user"
+    __table_args__ = (_org_and_id_unique(), UniqueConstraint("organization_id", "email"))
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class TestSet(TenantMixin, Base):
+    __tablename__ = "test_set"
+    __table_args__ = (_org_and_id_unique(), _tenant_fk("test_set", "user", "user_id"))
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+
+    tests: Mapped[list[Test]] = relationship(
+        back_populates="test_set", primaryjoin="TestSet.id == foreign(Test.test_set_id)",
+        passive_deletes=True, order_by="Test.created_at",
+    )
+
+
+class Test(TenantMixin, Base):
+    """A prompt sent to an endpoint and what the answer is expected to satisfy."""
+
+    __tablename__ = "test"
+    __table_args__ = (
+        _org_and_id_unique(),
+        _tenant_fk("test", "test_set", "test_set_id", ondelete="CASCADE"),
+        _tenant_fk("test", "user", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    test_set_id: Mapped[uuid.UUID] = mapped_column(nullable=False, index=True)
+    prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    expected_response: Mapped[str | None] = mapped_column(Text)
+    # A list of checks, e.g. [{"type": "contains", "value": "refund"}].
+    expectations: Mapped[list[Any]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"),
+                                                    default=list)
+    created_at: Mapped[datetime] = _created_at()
+
+    test_set: Mapped[TestSet] = relationship(
+        back_populates="tests", primaryjoin="foreign(Test.test_set_id) == TestSet.id")
+
+
+class Endpoint(TenantMixin, Base):
+    """The HTTP target a test configuration calls."""
+
+    __tablename__ = "endpoint"
+    __table_args__ = (
+        _org_and_id_unique(),
+        _tenant_fk("endpoint", "user", "user_id"),
+        CheckConstraint("timeout_seconds > 0", name="timeout_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    method: Mapped[str] = mapped_column(String(10), nullable=False, server_default="POST", default="POST")
+    headers: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"),
+                                                    default=dict)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("30"), default=30)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class TestConfiguration(TenantMixin, Base):
+    """A test set run against an endpoint."""
+
+    __tablename__ = "test_configuration"
+    __table_args__ = (
+        _org_and_id_unique(),
+        _tenant_fk("test_configuration", "test_set", "test_set_id"),
+        _tenant_fk("test_configuration", "endpoint", "endpoint_id"),
+        _tenant_fk("test_configuration", "user", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    test_set_id: Mapped[uuid.UUID] = mapped_column(nullable=False, index=True)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(nullable=False, index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created_at()
+
+    test_set: Mapped[TestSet] = relationship(primaryjoin="foreign(TestConfiguration.test_set_id) == TestSet.id")
+    endpoint: Mapped[Endpoint] = relationship(primaryjoin="foreign(TestConfiguration.endpoint_id) == Endpoint.id")
+
+
+class TestRun(TenantMixin, Base):
+    __tablename__ = "test_run"
+    __table_args__ = (
+        _org_and_id_unique(),
+        _tenant_fk("test_run", "test_configuration", "test_configuration_id", ondelete="CASCADE"),
+        _tenant_fk("test_run", "user", "user_id"),
+        CheckConstraint("status in ('" + "', '".join(TEST_RUN_STATUSES) + "')", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    test_configuration_id: Mapped[uuid.UUID] = mapped_column(nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="pending", default="pending")
+    task_id: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+    test_configuration: Mapped[TestConfiguration] = relationship(
+        primaryjoin="foreign(TestRun.test_configuration_id) == TestConfiguration.id")
+    results: Mapped[list[TestResult]] = relationship(
+        back_populates="test_run", primaryjoin="TestRun.id == foreign(TestResult.test_run_id)", passive_deletes=True)
+
+
+class TestResult(TenantMixin, Base):
+    __tablename__ = "test_result"
+    __table_args__ = (
+        _org_and_id_unique(),
+        _tenant_fk("test_result", "test_run", "test_run_id", ondelete="CASCADE"),
+        # No cascade: deleting a test must not silently erase the history of runs that used it.
+        _tenant_fk("test_result", "test", "test_id"),
+        CheckConstraint("status in ('" + "', '".join(TEST_RESULT_STATUSES) + "')", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    test_run_id: Mapped[uuid.UUID] = mapped_column(nullable=False, index=True)
+    test_id: Mapped[uuid.UUID] = mapped_column(nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    response: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column()
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"),
+                                                    default=dict)
+    created_at: Mapped[datetime] = _created_at()
+
+    test_run: Mapped[TestRun] = relationship(
+        back_populates="results", primaryjoin="foreign(TestResult.test_run_id) == TestRun.id")
+    test: Mapped[Test] = relationship(primaryjoin="foreign(TestResult.test_id) == Test.id")
+
+
+#: Tables whose rows belong to one organization (row-level security on ``organization_id``), in creation order.
+_TENANT_TABLE_NAMES = {mapper.local_table.name for mapper in Base.registry.mappers
+                       if issubclass(mapper.class_, TenantMixin)}
+TENANT_TABLES: tuple[str, ...] = tuple(t.name for t in Base.metadata.sorted_tables if t.name in _TENANT_TABLE_NAMES)
+#: Every table under row-level security: the tenant tables plus ``organization`` (policy on ``id``).
+RLS_TABLES: tuple[str, ...] = ("organization", *TENANT_TABLES)
