@@ -45,6 +45,9 @@ format: install
 env-table: install
 	$(PY) -m config update-readme README.md
 
+image:
+	scripts/build-image.sh
+
 bench: install
 	$(PY) -m bench.run
 

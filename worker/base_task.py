@@ -50,9 +50,13 @@ class BaseTask(Task):
 
     autoretry_for = (Exception,)
     dont_autoretry_for = (PermanentTaskError,)
-    max_retries = 3
+    # None: taken from the app's config (TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX) when the task is bound,
+    # unless the task sets its own.
+    max_retries = None
+    retry_backoff_max = None
+    from_config = (*Task.from_config, ("max_retries", "worker_task_max_retries"),
+                   ("retry_backoff_max", "worker_task_retry_backoff_max"))
     retry_backoff = True
-    retry_backoff_max = 600
     retry_jitter = True
     track_started = True
     typing = True

@@ -20,7 +20,7 @@ from worker.dev.provision import provision_database
 from worker.dev.services import postgres_admin_url, redis_base_url
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_DIR = ROOT / ".run"
+RUN_DIR = Path(os.environ.get("WORKER_DEV_RUN_DIR") or ROOT / ".run")
 STATE = RUN_DIR / "dev-database.json"
 
 
@@ -49,7 +49,7 @@ def _database_exists(admin_url: str, name: str) -> bool:
 
 
 def main() -> int:
-    RUN_DIR.mkdir(exist_ok=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if not env.get("BROKER_URL"):
         base = redis_base_url(RUN_DIR)
