@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from worker.dev.services import postgres_admin_url, redis_base_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / ".run" / "test"
+IMAGE = "localhost/tenant-worker:dev"
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +143,40 @@ def worker_factory(session_env: dict[str, str], run_dir: Path, client_app) -> It
     yield start
     for worker in started:
         worker.stop()
+
+
+# -- the container image (built once per session; used by tests/container and the chart e2e) -----------
+
+def detect_engine() -> list[str] | None:
+    """The command prefix of a usable container engine, or None."""
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True, check=False,
+                                                 timeout=30).returncode == 0:
+        return ["docker"]
+    if shutil.which("podman"):
+        # crun fails on some cgroup layouts (ours); runc works wherever podman does.
+        return ["podman", "--runtime", "runc"] if shutil.which("runc") else ["podman"]
+    return None
+
+
+@pytest.fixture(scope="session")
+def engine() -> list[str]:
+    found = detect_engine()
+    if found is None:
+        pytest.skip("neither a docker daemon nor podman is available to build the image "
+                    "(CI installs podman: apt-get install podman runc uidmap debootstrap)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def image(engine: list[str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Build the image once per session with scripts/build-image.sh (layers cached between sessions)."""
+    log = tmp_path_factory.mktemp("image") / "build.log"
+    env = {**os.environ, "IMAGE": IMAGE, "CONTAINER_ENGINE": engine[0]}
+    started = time.monotonic()
+    with log.open("wb") as out:
+        done = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], cwd=ROOT, env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=1500, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"image build failed ({done.returncode}):\n{log.read_text(errors='replace')[-6000:]}")
+    print(f"image {IMAGE} built in {time.monotonic() - started:.0f}s")
+    return IMAGE

@@ -4,9 +4,7 @@ machine's Redis and PostgreSQL with ``--network host``, ``--read-only`` and a tm
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import subprocess
 import time
 import uuid
@@ -15,49 +13,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.container.conftest import ROOT, client_for, wait_for
+from tests.container.conftest import client_for, wait_for
 from tests.container.test_entrypoint import http_status
 from worker.dev.services import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
-IMAGE = "localhost/tenant-worker:dev"
+
 UID = "10001"
-
-
-def detect_engine() -> list[str] | None:
-    """The command prefix of a usable container engine, or None."""
-    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True, check=False,
-                                                 timeout=30).returncode == 0:
-        return ["docker"]
-    if shutil.which("podman"):
-        # crun fails on some cgroup layouts (ours); runc works wherever podman does.
-        return ["podman", "--runtime", "runc"] if shutil.which("runc") else ["podman"]
-    return None
-
-
-@pytest.fixture(scope="session")
-def engine() -> list[str]:
-    found = detect_engine()
-    if found is None:
-        pytest.skip("neither a docker daemon nor podman is available to build the image "
-                    "(CI installs podman: apt-get install podman runc uidmap debootstrap)")
-    return found
-
-
-@pytest.fixture(scope="session")
-def image(engine: list[str], tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Build the image once per session with scripts/build-image.sh (layers cached between sessions)."""
-    log = tmp_path_factory.mktemp("image") / "build.log"
-    env = {**os.environ, "IMAGE": IMAGE, "CONTAINER_ENGINE": engine[0]}
-    started = time.monotonic()
-    with log.open("wb") as out:
-        done = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], cwd=ROOT, env=env, stdout=out,
-                              stderr=subprocess.STDOUT, timeout=1500, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"image build failed ({done.returncode}):\n{log.read_text(errors='replace')[-6000:]}")
-    print(f"image {IMAGE} built in {time.monotonic() - started:.0f}s")
-    return IMAGE
 
 
 @dataclass
