@@ -184,3 +184,14 @@ def test_every_option_is_documented() -> None:
         assert option.help.strip(), option.name
         assert option.parser.allowed, option.name
         option.parse(option.default or "")  # every default is itself valid
+
+
+def test_celery_command_with_a_bad_value_prints_one_line() -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in {o.name for o in OPTIONS}}
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker"], cwd=ROOT,
+                            env={**clean, **NO_ENV_FILE, "BROKER_URL": "http://u:Hidden1@h/0"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 64
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: BROKER_URL='http://u:***@h/0' has an unknown URL scheme 'http'; "
+        "allowed: a URL starting with redis:// or rediss:// or unix://"]

@@ -110,3 +110,14 @@ def test_malformed_message_is_rejected_and_worker_keeps_consuming(worker, client
     assert "Can't decode message body" in log and "'id': 'bad-1'" in log
     assert "Refusing to deserialize untrusted content of type pickle" in log
     assert worker.proc.poll() is None
+
+
+def test_retry_policy_comes_from_settings() -> None:
+    from config import load_settings
+    from worker.app import create_app
+
+    app = create_app(load_settings(environ={"ENV_FILE": "/nonexistent", "TASK_MAX_RETRIES": "5",
+                                            "TASK_RETRY_BACKOFF_MAX": "120"}), main="retry-policy")
+    task = app.tasks["rhesis.backend.tasks.count_test_sets"]
+    assert (task.max_retries, task.retry_backoff_max, task.retry_backoff, task.retry_jitter) == (5, 120, True, True)
+    assert task.track_started is True

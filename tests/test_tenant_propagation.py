@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -193,9 +194,29 @@ def test_retries_exhausted_store_the_error(pool_worker, client_app) -> None:
 def test_log_lines_carry_task_and_tenant(pool_worker, client_app) -> None:
     result = sig(client_app, "tenant").apply_async(**tenant_headers())
     result.get(TIMEOUT)
-    lines = [line for line in pool_worker.log().splitlines() if f"task_id={result.id}" in line]
+    deadline = time.monotonic() + 10  # the worker may still be writing the lines that follow the result
+    while True:
+        lines = [line for line in pool_worker.log().splitlines() if f"task_id={result.id}" in line]
+        if any("succeeded" in line for line in lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert lines, "no log line mentions the task"
     for line in lines:
         assert "task=tests.probe.tenant" in line
         assert f"organization_id={ORG}" in line and f"user_id={USER}" in line
     assert any("outcome=success runtime=" in line for line in lines)
+
+
+@pytest.mark.parametrize(("probe", "limit"), [("sleep", {"soft_time_limit": 0.5}),
+                                              ("outlive_soft_limit", {"soft_time_limit": 0.3, "time_limit": 1})],
+                         ids=["soft", "hard"])
+def test_no_tenant_after_a_time_limit(pool_worker, client_app, request, probe, limit) -> None:
+    if "threads" in request.node.callspec.id:
+        pytest.skip("the threads pool does not enforce time limits (Celery limitation)")
+    slow = [sig(client_app, probe, 3).apply_async(**limit, **tenant_headers()) for _ in range(2)]
+    for result in slow:
+        with pytest.raises(Exception, match=r"TimeLimitExceeded|Time limit|time limit"):
+            result.get(TIMEOUT)
+    for result in [sig(client_app, "tenant").apply_async() for _ in range(4)]:
+        seen = result.get(TIMEOUT)
+        assert seen["organization_id"] is None and seen["user_id"] is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 from celery.signals import worker_process_init
 
-from config import Settings
+from config import ConfigError, Settings
 from worker import logging_context, tenant  # noqa: F401 - connects the logging and propagation signals
 from worker.celeryconfig import build_celery_config, redis_endpoints
 from worker.redis_tls import warn_if_unverified
@@ -35,4 +37,13 @@ def _dispose_engines_in_child(**_: object) -> None:
     dispose_engines_after_fork()
 
 
-app = create_app()
+def _create_default_app() -> Celery:
+    try:
+        return create_app()
+    except ConfigError as exc:
+        # `celery -A worker.app ...` would otherwise print an import traceback; one line and EX_USAGE instead.
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(64) from None
+
+
+app = _create_default_app()

@@ -19,6 +19,8 @@ from worker.tenant.context import NO_TENANT, Tenant, clear_tenant, current_tenan
 from worker.tenant.propagation import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER
 
 log = logging.getLogger("worker.task")
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BACKOFF_MAX = 600
 
 
 def _header(request: Any, name: str) -> Any:
@@ -54,12 +56,19 @@ class BaseTask(Task):
     # unless the task sets its own.
     max_retries = None
     retry_backoff_max = None
-    from_config = (*Task.from_config, ("max_retries", "worker_task_max_retries"),
-                   ("retry_backoff_max", "worker_task_retry_backoff_max"))
     retry_backoff = True
     retry_jitter = True
     track_started = True
     typing = True
+
+    @classmethod
+    def bind(cls, app):  # type: ignore[no-untyped-def]
+        # .get with defaults: shared tasks are also bound to apps not built by create_app (Celery's default app).
+        if cls.max_retries is None:
+            cls.max_retries = app.conf.get("worker_task_max_retries", DEFAULT_MAX_RETRIES)
+        if cls.retry_backoff_max is None:
+            cls.retry_backoff_max = app.conf.get("worker_task_retry_backoff_max", DEFAULT_RETRY_BACKOFF_MAX)
+        return super().bind(app)
 
     def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None, link_error=None,
                     shadow=None, **options):  # type: ignore[no-untyped-def]

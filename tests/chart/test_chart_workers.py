@@ -233,8 +233,8 @@ def test_probes_are_overridable(render: Any) -> None:
     assert c["livenessProbe"]["failureThreshold"] == 10
     assert c["livenessProbe"]["periodSeconds"] == 30, "untouched settings are inherited"
     assert "startupProbe" not in c
-    assert c["readinessProbe"] == {"exec": {"command": [*HEALTHCHECK, "--ready"]}, "periodSeconds": 15, "timeoutSeconds": 10,
-                                   "failureThreshold": 3}
+    assert c["readinessProbe"] == {"exec": {"command": [*HEALTHCHECK, "--ready"]}, "periodSeconds": 15,
+                                   "timeoutSeconds": 10, "failureThreshold": 3}
     http = render({"workers": [{"name": "default", "livenessProbe": {
         "httpGet": {"path": "/healthz", "port": 8080}}}]})
     probe = container(http.worker())["livenessProbe"]

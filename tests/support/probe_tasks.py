@@ -86,11 +86,27 @@ def spawn_with_delay(self: BaseTask) -> str:
     return tenant.delay().id
 
 
-@shared_task(bind=True, base=BaseTask, name="tests.probe.sleep")
+@shared_task(bind=True, base=BaseTask, name="tests.probe.sleep", max_retries=0)
 def sleep(self: BaseTask, seconds: float) -> dict[str, Any]:
     import time
 
     time.sleep(seconds)
+    return _seen(self)
+
+
+@shared_task(bind=True, base=BaseTask, name="tests.probe.outlive_soft_limit", max_retries=0)
+def outlive_soft_limit(self: BaseTask, seconds: float) -> dict[str, Any]:
+    """Swallows the soft time limit, so that only the hard limit (killing the pool process) can stop it."""
+    import time
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            continue
     return _seen(self)
 
 
