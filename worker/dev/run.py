@@ -66,7 +66,7 @@ def main() -> int:
     env["PYTHONPATH"] = str(ROOT)
 
     os.environ.update(env)
-    from worker.db.demo_data import create_demo_data
+    from worker.db.demo_data import create_demo_data, format_summary
     from worker.db.migrate import migrate
 
     migration_url = env.get("MIGRATION_DATABASE_URL") or env["DATABASE_URL"]
@@ -74,7 +74,7 @@ def main() -> int:
     migrate(migration_url, env["DATABASE_URL"], allow_owner_runtime=migration_url == env["DATABASE_URL"])
     summary = create_demo_data(env.get("MIGRATION_DATABASE_URL") or env["DATABASE_URL"])
     print(f"broker:   {mask_url(env['BROKER_URL'])}\ndatabase: {mask_url(env['DATABASE_URL'])}")
-    print(f"demo data: {json.dumps(summary, default=str)[:2000]}")
+    print("demo data:\n" + format_summary(summary))
     print(f"Flower:   http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}/  (basic auth {env['FLOWER_BASIC_AUTH']})")
     print("Send a task from another shell (organization ids are listed above):\n"
           f"  BROKER_URL={env['BROKER_URL']} CELERY_RESULT_BACKEND={env['CELERY_RESULT_BACKEND']} \\\n"
