@@ -23,9 +23,10 @@ log() {
     printf 'entrypoint: %s\n' "$*" >&2
 }
 
-# Hide passwords in anything that looks like scheme://user:password@host.
+# Hide passwords in anything that looks like scheme://user:password@host. Up to the last @ of the word:
+# generated passwords may hold / ? # @ unescaped, and masking too much is harmless.
 mask_urls() {
-    sed -E 's#([A-Za-z][A-Za-z0-9+.-]*://[^:@/[:space:]]*):[^@/[:space:]]*@#\1:***@#g'
+    sed -E 's#([A-Za-z][A-Za-z0-9+.-]*://[^:@/[:space:]]*):[^[:space:]]*@#\1:***@#g'
 }
 
 # Validate every variable (`python -m config check` exits 64 with one line on a bad value) and keep the
@@ -146,7 +147,11 @@ forward() {
     local sig="$1"
     STOPPING=1
     log "SIG$sig received: forwarding to the worker (pid $WORKER_PID) and Flower (pid $FLOWER_PID)"
-    # The worker gets the signal itself (TERM/INT: warm shutdown, QUIT: cold); Flower stops on TERM.
+    # TERM and INT both mean a warm shutdown; Celery exits 1 after SIGINT but 0 after SIGTERM, so INT is
+    # passed on as TERM. QUIT (cold shutdown) is passed on as it is. Flower stops on TERM.
+    if [[ "$sig" == INT ]]; then
+        sig=TERM
+    fi
     kill -s "$sig" "$WORKER_PID" 2>/dev/null || true
     kill -s TERM "$FLOWER_PID" 2>/dev/null || true
 }
@@ -186,8 +191,13 @@ supervise() {
     else
         first_name=Flower other="$WORKER_PID" other_name=worker
     fi
-    log "$first_name exited with status $first_status; stopping $other_name"
-    kill -s TERM "$other" 2>/dev/null || true
+    if ((STOPPING)); then
+        # Both were signalled already; a second signal would turn the worker's warm shutdown into a cold one.
+        log "$first_name exited with status $first_status; waiting for $other_name"
+    else
+        log "$first_name exited with status $first_status; stopping $other_name"
+        kill -s TERM "$other" 2>/dev/null || true
+    fi
     wait_any "$other"
     log "$other_name exited with status $EXITED_STATUS"
 

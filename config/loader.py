@@ -40,39 +40,42 @@ class Settings(Mapping[str, Any]):
         return self._values["MIGRATION_DATABASE_URL"] or self._values["DATABASE_URL"]
 
 
-def read_environment(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = None) -> dict:
-    """Merge `.env` under the real environment: a variable set in the process always wins."""
+def read_environment(environ: Mapping[str, str] | None = None,
+                     env_file: str | os.PathLike | None = None) -> tuple[Mapping[str, str], dict[str, str]]:
+    """The real environment and the `.env` file's values, kept apart so that the real one always wins."""
     environ = os.environ if environ is None else environ
     path = Path(env_file if env_file is not None else environ.get("ENV_FILE", ".env"))
     from_file = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
-    return {**from_file, **environ}
+    return environ, from_file
 
 
-def _raw_value(option: Option, env: Mapping[str, str]) -> str:
+def _raw_value(option: Option, real: Mapping[str, str], from_file: Mapping[str, str]) -> str:
+    # The real environment wins as a whole: its X or X_FILE hides both of the .env file's.
     file_var = f"{option.name}_FILE"
-    if option.secret and env.get(file_var):
-        if env.get(option.name):
-            raise ConfigError(f"{option.name} and {file_var} are both set; allowed: only one of them")
-        path = env[file_var]
-        try:
-            return Path(path).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{file_var}={path!r} cannot be read ({exc.strerror}); allowed: a readable file") from None
-    if option.name in env:
-        return env[option.name]
+    for env in (real, from_file):
+        if option.secret and env.get(file_var):
+            if env.get(option.name):
+                raise ConfigError(f"{option.name} and {file_var} are both set; allowed: only one of them")
+            path = env[file_var]
+            try:
+                return Path(path).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{file_var}={path!r} cannot be read ({exc.strerror}); allowed: a readable file") from None
+        if option.name in env:
+            return env[option.name]
     return option.default or ""
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = None,
                   only: tuple[str, ...] | None = None) -> Settings:
     """Validate every declared variable (or those in ``only``); raise ConfigError on the first bad one."""
-    env = read_environment(environ, env_file)
+    real, from_file = read_environment(environ, env_file)
     values: dict[str, Any] = {}
     for option in OPTIONS:
         if only is not None and option.name not in only:
             continue
-        values[option.name] = option.parse(_raw_value(option, env))
+        values[option.name] = option.parse(_raw_value(option, real, from_file))
     _check_together(values)
     return Settings(values)
 
@@ -84,11 +87,12 @@ def _check_together(values: dict[str, Any]) -> None:
         raise ConfigError(f"TASK_SOFT_TIME_LIMIT={soft} is not below TASK_TIME_LIMIT={hard}; "
                           "allowed: a soft limit smaller than the hard limit")
     visibility = values.get("BROKER_VISIBILITY_TIMEOUT")
-    countdown = values.get("TASK_MAX_COUNTDOWN")
-    if None not in (visibility, hard, countdown) and visibility <= hard + countdown:
-        raise ConfigError(f"BROKER_VISIBILITY_TIMEOUT={visibility} is not above TASK_TIME_LIMIT + "
-                          f"TASK_MAX_COUNTDOWN ({hard + countdown}); allowed: a larger value, or redelivery "
-                          "would run long tasks twice")
+    countdown, backoff = values.get("TASK_MAX_COUNTDOWN"), values.get("TASK_RETRY_BACKOFF_MAX")
+    if None not in (visibility, hard, countdown, backoff) and visibility <= hard + max(countdown, backoff):
+        # A message waiting for its ETA (countdown or retry backoff) in a worker is unacknowledged too.
+        raise ConfigError(f"BROKER_VISIBILITY_TIMEOUT={visibility} is not above TASK_TIME_LIMIT + max("
+                          f"TASK_MAX_COUNTDOWN, TASK_RETRY_BACKOFF_MAX) ({hard + max(countdown, backoff)}); "
+                          "allowed: a larger value, or redelivery would run long tasks twice")
     cert, key = values.get("REDIS_SSL_CERTFILE"), values.get("REDIS_SSL_KEYFILE")
     if bool(cert) != bool(key) and "REDIS_SSL_CERTFILE" in values and "REDIS_SSL_KEYFILE" in values:
         raise ConfigError("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE must be set together; allowed: both or neither")

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import re
 
-_USERINFO = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
 
 def mask_url(url: str | None) -> str:
-    """Return ``url`` with any password replaced by ``***`` (user names are kept)."""
+    """Return ``url`` with any password replaced by ``***`` (user names are kept).
+
+    Passwords are often generated and may hold ``/ ? # @`` unescaped, so everything up to the LAST ``@`` is
+    taken as user information: masking too much is harmless, showing part of a password is not.
+    """
     if not url:
         return ""
-    match = _USERINFO.match(url)
-    if not match or ":" not in url[len(match.group("scheme")) : match.end()]:
+    scheme = _SCHEME.match(url)
+    if not scheme:
+        return "(hidden)" if "@" in url else url
+    rest = url[scheme.end():]
+    if "@" not in rest:
         return url
-    return f"{match.group('scheme')}{match.group('user')}:***@{url[match.end():]}"
+    userinfo, _, location = rest.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme.group(0)}{user}:***@{location}"

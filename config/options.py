@@ -10,7 +10,7 @@ import re
 
 from config.spec import Boolean, Choice, FilePath, Integer, Option, Pattern, Text, Url, WordList
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss")
 DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CERT_REQS = ("required", "optional", "none")
@@ -53,16 +53,15 @@ OPTIONS: tuple[Option, ...] = (
            "Prefix for every Redis key of broker and result backend, to share one Redis between deployments.",
            group="redis"),
     Option("BROKER_VISIBILITY_TIMEOUT", Integer(60, 604800), "7200",
-           "Seconds before an unacknowledged message is redelivered; must exceed `TASK_TIME_LIMIT` plus "
-           "`TASK_MAX_COUNTDOWN`.", group="redis"),
+           "Seconds before an unacknowledged message is redelivered; must exceed `TASK_TIME_LIMIT` plus the "
+           "larger of `TASK_MAX_COUNTDOWN` and `TASK_RETRY_BACKOFF_MAX`.", group="redis"),
     Option("REDIS_SSL_CERT_REQS", Choice(CERT_REQS, CERT_REQS_ALIASES, optional=True), "",
            "TLS certificate verification for `rediss://` (`required`, `optional`, `none`); empty means the "
            "URL's `ssl_cert_reqs`, else `required`. Anything but `required` logs a warning.", group="tls"),
     Option("REDIS_SSL_CA_CERTS", FilePath(), "",
            "CA bundle (PEM) that signed the Redis server certificate; empty means the system CAs.", group="tls"),
     Option("REDIS_SSL_CERTFILE", FilePath(), "", "Client certificate (PEM) for mutual TLS.", group="tls"),
-    Option("REDIS_SSL_KEYFILE", FilePath(), "", "Client private key (PEM) for mutual TLS.", group="tls",
-           secret=True),
+    Option("REDIS_SSL_KEYFILE", FilePath(), "", "Client private key (PEM) for mutual TLS.", group="tls"),
     # -- tasks ---------------------------------------------------------------------------------
     Option("TASK_TIME_LIMIT", Integer(1, 86400), "3600",
            "Hard time limit in seconds; the task's process is killed after it.", group="tasks"),
@@ -78,7 +77,9 @@ OPTIONS: tuple[Option, ...] = (
            "Acknowledge after the task ran, so a killed worker's task is redelivered. Only for idempotent "
            "tasks; implies reject-on-worker-lost.", group="tasks"),
     Option("RESULT_EXPIRES", Integer(60, 31536000), "3600", "Seconds results are kept.", group="tasks"),
-    Option("LOG_LEVEL", Choice(LOG_LEVELS), "INFO", "Log level of the worker's own loggers.", group="tasks"),
+    Option("LOG_LEVEL", Choice(LOG_LEVELS), "INFO",
+           "Log level of the product's own loggers (`worker.*`); Celery's follow `CELERY_WORKER_LOGLEVEL`.",
+           group="tasks"),
     # -- worker process (read by entrypoint.sh through `python -m config worker-args`) --------
     Option("CELERY_WORKER_CONCURRENCY", Integer(1, 1000), "8", "Worker processes/threads.", group="worker"),
     Option("CELERY_WORKER_PREFETCH_MULTIPLIER", Integer(1, 1000), "4",

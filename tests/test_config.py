@@ -44,7 +44,8 @@ BAD_VALUES = [
     ("CELERY_WORKER_QUEUES", "celery,,exec ution", "invalid entry 'exec ution'"),
     ("CELERY_WORKER_QUEUES", " , ", "is empty"),
     ("BROKER_VISIBILITY_TIMEOUT", "30", "is below the minimum"),
-    ("BROKER_VISIBILITY_TIMEOUT", "3700", "is not above TASK_TIME_LIMIT + TASK_MAX_COUNTDOWN"),
+    ("BROKER_VISIBILITY_TIMEOUT", "3700", "is not above TASK_TIME_LIMIT + max(TASK_MAX_COUNTDOWN"),
+    ("BROKER_URL", "unix:///run/redis.sock", "unknown URL scheme 'unix'"),
     ("TASK_SOFT_TIME_LIMIT", "4000", "is not below TASK_TIME_LIMIT"),
     ("ENABLE_FLOWER", "perhaps", "is not a known value"),
     ("CELERY_WORKER_HOSTNAME", "bad name/with spaces", "has characters that are not allowed"),
@@ -67,11 +68,15 @@ def test_bad_value_stops_startup_with_one_clear_line(variable: str, value: str, 
 
 
 @pytest.mark.parametrize("variable", ["BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL"])
-def test_passwords_never_appear_in_errors(variable: str) -> None:
-    result = run_check({variable: "ftp://admin:TopSecret99@example.invalid:21/x"})
-    assert result.returncode == 64
-    assert "TopSecret99" not in result.stderr + result.stdout
-    assert "admin:***@" in result.stderr
+@pytest.mark.parametrize("url", ["ftp://admin:TopSecret99@example.invalid:21/x",
+                                 "redis://admin:Top/Secret99@host:6379/0",
+                                 "postgresql://admin:Top@Secret99@db:notaport/x"])
+def test_passwords_never_appear_in_errors(variable: str, url: str) -> None:
+    result = run_check({variable: url.replace("redis://", "postgresql://") if variable == "DATABASE_URL" and
+                        url.startswith("redis") else url})
+    assert "Secret99" not in result.stderr + result.stdout
+    if result.returncode == 64:
+        assert "admin:***@" in result.stderr
 
 
 def test_check_output_masks_passwords() -> None:
@@ -167,6 +172,10 @@ def test_worker_args_unbalanced_quotes_is_an_error() -> None:
     ("postgresql://user:p%40ss@db:5432/x", "postgresql://user:***@db:5432/x"),
     ("redis://h:1/0", "redis://h:1/0"),
     ("redis://user@h/0", "redis://user@h/0"),
+    ("postgresql://app:Ab+c/d=@db/app", "postgresql://app:***@db/app"),
+    ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://:pa?ss#w/rd@host/0", "redis://:***@host/0"),
+    ("not a url:secret@x", "(hidden)"),
 ])
 def test_mask_url(url: str, masked: str) -> None:
     assert mask_url(url) == masked
@@ -194,4 +203,38 @@ def test_celery_command_with_a_bad_value_prints_one_line() -> None:
     assert result.returncode == 64
     assert result.stderr.strip().splitlines() == [
         "configuration error: BROKER_URL='http://u:***@h/0' has an unknown URL scheme 'http'; "
-        "allowed: a URL starting with redis:// or rediss:// or unix://"]
+        "allowed: a URL starting with redis:// or rediss://"]
+
+
+def test_visibility_timeout_covers_the_retry_backoff() -> None:
+    with pytest.raises(ConfigError, match=r"not above TASK_TIME_LIMIT \+ max\(TASK_MAX_COUNTDOWN, "
+                                          r"TASK_RETRY_BACKOFF_MAX\) \(7600\)"):
+        load_settings(environ={**NO_ENV_FILE, "TASK_RETRY_BACKOFF_MAX": "4000"})
+
+
+def test_real_environment_file_variant_beats_dotenv_value(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("DATABASE_URL=postgresql://dotenv@db/x\n")
+    secret = tmp_path / "db"
+    secret.write_text("postgresql://fromfile@db/x")
+    settings = load_settings(environ={"ENV_FILE": str(env_file), "DATABASE_URL_FILE": str(secret)})
+    assert settings.database_url == "postgresql://fromfile@db/x"
+
+
+def test_dotenv_file_variant(tmp_path: Path) -> None:
+    secret = tmp_path / "broker"
+    secret.write_text("redis://:x@r:6379/0")
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"BROKER_URL_FILE={secret}\n")
+    assert load_settings(environ={"ENV_FILE": str(env_file)}).broker_url == "redis://:x@r:6379/0"
+
+
+def test_key_file_path_is_a_plain_path(tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    cert = tmp_path / "client.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = load_settings(environ={**NO_ENV_FILE, "REDIS_SSL_KEYFILE": str(key), "REDIS_SSL_CERTFILE": str(cert)})
+    assert settings.redis_ssl_keyfile == str(key)
+    result = run_check({"REDIS_SSL_KEYFILE": str(key)})
+    assert result.returncode == 64 and "REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE must be set together" in result.stderr

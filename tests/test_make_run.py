@@ -72,7 +72,7 @@ def test_make_run_starts_worker_and_flower_and_prints_a_working_send_command(red
         result = json.loads(sent.stdout.strip().splitlines()[-1])
         assert result["organization_id"] == org and result["count"] >= 1
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:

@@ -7,6 +7,9 @@ import uuid
 
 import pytest
 from celery import chain, chord, group
+from celery.signals import before_task_publish
+
+from worker.tenant.context import Tenant, current_tenant, tenant_scope
 
 ORG = "0b7d4f6e-1c2a-4e58-9a41-6c3f2e1d0a01"
 USER = "5a2e9c1b-7d4f-4b3e-8c6a-1f0e9d8c7b02"
@@ -16,7 +19,9 @@ TIMEOUT = 60
 
 @pytest.fixture(scope="module", params=["prefork", "threads"])
 def pool_worker(request, worker_factory):  # type: ignore[no-untyped-def]
-    return worker_factory(pool=request.param, concurrency=2)
+    worker = worker_factory(pool=request.param, concurrency=2)
+    yield worker
+    worker.stop()  # the next pool type must not share the queue with this one
 
 
 def sig(client_app, name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -38,9 +43,36 @@ def test_headers(pool_worker, client_app) -> None:
 
 
 def test_kwargs_are_moved_into_headers(pool_worker, client_app) -> None:
-    task = client_app.tasks["tests.probe.tenant"]
-    result = task.apply_async(kwargs={"organization_id": ORG, "user_id": USER})
+    published: list[tuple[dict, object]] = []
+
+    def capture(headers=None, body=None, **_):  # type: ignore[no-untyped-def]
+        published.append((dict(headers), body))
+
+    before_task_publish.connect(capture, weak=False)
+    try:
+        task = client_app.tasks["tests.probe.tenant"]
+        result = task.apply_async(kwargs={"organization_id": ORG.upper(), "user_id": USER})
+    finally:
+        before_task_publish.disconnect(capture)
+    headers, body = published[-1]
+    assert headers["organization_id"] == ORG and headers["user_id"] == USER
+    assert body[1] == {}, "the tenant kwargs left the message body"
     assert_tenant(result.get(TIMEOUT))
+
+
+def test_tenant_kwargs_of_a_task_that_takes_them_also_become_headers(pool_worker, client_app) -> None:
+    published: list[dict] = []
+
+    def capture(headers=None, **_):  # type: ignore[no-untyped-def]
+        published.append(dict(headers))
+
+    before_task_publish.connect(capture, weak=False)
+    try:
+        result = client_app.tasks["tests.probe.tenant_kw"].apply_async(kwargs={"organization_id": ORG})
+    finally:
+        before_task_publish.disconnect(capture)
+    assert published[-1]["organization_id"] == ORG
+    assert result.get(TIMEOUT)["kw_organization_id"] == ORG
 
 
 def test_kwargs_only_producer_is_the_fallback(pool_worker, client_app) -> None:
@@ -165,6 +197,40 @@ def test_no_tenant_is_inherited_from_the_previous_task(pool_worker, client_app) 
             assert seen["user_id"] is None
 
 
+def test_no_tenant_after_retry_or_replace_even_inline_or_in_plain_tasks(worker_factory, client_app) -> None:
+    """Retry and replace skip Task.after_return; the tenant must not survive them into the next task."""
+    for pool in ("prefork", "threads"):
+        worker = worker_factory(pool=pool, concurrency=1)
+        try:
+            for _ in range(2):
+                assert_tenant(sig(client_app, "retry_once").apply_async(**tenant_headers()).get(TIMEOUT))
+                assert_tenant(sig(client_app, "replace_with_tenant").apply_async(**tenant_headers()).get(TIMEOUT))
+                # celery.map runs its members inline, without before_start
+                for seen in client_app.tasks["tests.probe.tenant"].map([1, 2]).apply_async().get(TIMEOUT):
+                    assert seen["organization_id"] is None, (pool, seen)
+                mapped = client_app.tasks["tests.probe.tenant"].map([1, 2]).apply_async(
+                    headers={"organization_id": OTHER_ORG})
+                for seen in mapped.get(TIMEOUT):
+                    assert seen["organization_id"] == OTHER_ORG, (pool, seen)
+                assert_tenant(sig(client_app, "retry_once").apply_async(**tenant_headers()).get(TIMEOUT))
+                child_id = client_app.tasks["tests.probe.plain_spawn"].apply_async().get(TIMEOUT)
+                assert client_app.AsyncResult(child_id).get(TIMEOUT)["organization_id"] is None, pool
+        finally:
+            worker.stop()
+
+
+def test_eager_tasks_inherit_and_restore_the_callers_tenant(client_app) -> None:
+    task = client_app.tasks["tests.probe.tenant"]
+    with tenant_scope(ORG, USER):
+        seen = task.apply().get()
+        assert seen["organization_id"] == ORG and seen["user_id"] == USER
+        assert current_tenant() == Tenant(ORG, USER)
+        other = task.apply(headers={"organization_id": OTHER_ORG}).get()
+        assert other["organization_id"] == OTHER_ORG
+        assert current_tenant() == Tenant(ORG, USER)
+    assert task.apply().get()["organization_id"] is None
+
+
 def test_no_tenant_after_a_failed_task(pool_worker, client_app) -> None:
     failures = [sig(client_app, "fail_permanently").apply_async(**tenant_headers()) for _ in range(4)]
     for failure in failures:
@@ -196,15 +262,14 @@ def test_log_lines_carry_task_and_tenant(pool_worker, client_app) -> None:
     result.get(TIMEOUT)
     deadline = time.monotonic() + 10  # the worker may still be writing the lines that follow the result
     while True:
-        lines = [line for line in pool_worker.log().splitlines() if f"task_id={result.id}" in line]
-        if any("succeeded" in line for line in lines) or time.monotonic() > deadline:
+        lines = [line for line in pool_worker.log().splitlines() if result.id in line]
+        done = [line for line in lines if "succeeded in" in line or "outcome=success runtime=" in line]
+        if len(done) == 2 or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert lines, "no log line mentions the task"
-    for line in lines:
-        assert "task=tests.probe.tenant" in line
-        assert f"organization_id={ORG}" in line and f"user_id={USER}" in line
-    assert any("outcome=success runtime=" in line for line in lines)
+    assert len(done) == 2, lines
+    for line in done:  # emitted while the task ran (not the consumer's "received" line)
+        assert f"[task_id={result.id} task=tests.probe.tenant organization_id={ORG} user_id={USER}]" in line
 
 
 @pytest.mark.parametrize(("probe", "limit"), [("sleep", {"soft_time_limit": 0.5}),

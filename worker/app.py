@@ -12,7 +12,7 @@ from worker import logging_context, tenant  # noqa: F401 - connects the logging 
 from worker.celeryconfig import build_celery_config, redis_endpoints
 from worker.redis_tls import warn_if_unverified
 from worker.settings import get_settings
-from worker.tenant import propagation  # noqa: F401 - registers the before_task_publish handler
+from worker.tenant import lifecycle, propagation  # noqa: F401 - task_prerun/postrun and before_task_publish handlers
 
 
 def create_app(settings: Settings | None = None, main: str = "worker") -> Celery:
@@ -20,7 +20,8 @@ def create_app(settings: Settings | None = None, main: str = "worker") -> Celery
     settings = settings or get_settings()
     app = Celery(main)
     app.conf.update(build_celery_config(settings))
-    app.conf.worker_settings = settings  # the worker's validated settings, for health checks and the like
+    # On the app object, not in app.conf: `celery inspect conf`, `celery report` and Flower show app.conf.
+    app.worker_settings = settings
     warn_if_unverified(redis_endpoints(settings))
     app.autodiscover_tasks(["worker"], force=True)
     from worker.health import install_health_checks

@@ -5,18 +5,16 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy.orm import Session
 
 from worker.errors import PermanentTaskError, TenantConflictError, TenantContextError
-from worker.tenant.context import NO_TENANT, Tenant, clear_tenant, current_tenant, set_current_tenant
-from worker.tenant.propagation import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER
+from worker.tenant.context import Tenant, current_tenant, reset_current_tenant, set_current_tenant
+from worker.tenant.propagation import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER, tenant_of_running_task
 
 log = logging.getLogger("worker.task")
 DEFAULT_MAX_RETRIES = 3
@@ -60,6 +58,7 @@ class BaseTask(Task):
     retry_jitter = True
     track_started = True
     typing = True
+    log_outcome = True  # worker.tenant.lifecycle logs "outcome=... runtime=..." for these tasks
 
     @classmethod
     def bind(cls, app):  # type: ignore[no-untyped-def]
@@ -76,12 +75,15 @@ class BaseTask(Task):
         kwargs = dict(kwargs or {})
         headers = dict(options.pop("headers", None) or {})
         for name in TENANT_HEADERS:
-            if name in kwargs and not self._accepts_kwarg(name):
-                value = kwargs.pop(name)
-                if value is not None:
-                    if headers.get(name) and str(headers[name]) != str(value):
-                        raise TenantConflictError(f"header {name}={headers[name]} disagrees with kwarg {name}={value}")
-                    headers[name] = str(value)
+            if kwargs.get(name) is None:
+                continue
+            value = Tenant.of(kwargs[name]).organization_id if name == ORGANIZATION_HEADER else \
+                Tenant.of(None, kwargs[name]).user_id
+            if headers.get(name) and Tenant.of(headers[name]).organization_id != value:
+                raise TenantConflictError(f"header {name}={headers[name]} disagrees with kwarg {name}={kwargs[name]}")
+            headers[name] = value
+            if not self._accepts_kwarg(name):
+                kwargs.pop(name)
         return super().apply_async(args, kwargs, task_id=task_id, producer=producer, link=link,
                                    link_error=link_error, shadow=shadow, headers=headers or None, **options)
 
@@ -93,9 +95,10 @@ class BaseTask(Task):
 
     # -- execution ---------------------------------------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
-        # Set unconditionally (NO_TENANT included): a task never runs with the previous task's tenant.
-        set_current_tenant(NO_TENANT)
+        """Restore the message's tenant; an eager call without one runs as its caller's tenant."""
         tenant = tenant_from_message(self.request, kwargs)
+        if not tenant.is_set and getattr(self.request, "is_eager", False):
+            tenant = current_tenant()
         set_current_tenant(tenant)
         self.request.organization_id = tenant.organization_id
         self.request.user_id = tenant.user_id
@@ -104,27 +107,19 @@ class BaseTask(Task):
         for name in TENANT_HEADERS:
             if name in kwargs and not self._accepts_kwarg(name):
                 kwargs.pop(name)
-        started = time.perf_counter()
-        outcome = "failure"
+        if not self.request.called_directly:
+            return super().__call__(*args, **kwargs)
+        # Called as a plain function inside another task (celery.map/starmap/chunks run their members
+        # inline): run as the enclosing task's tenant, and leave the context as it was.
+        token = set_current_tenant(tenant_of_running_task())
         try:
-            result = super().__call__(*args, **kwargs)
-            outcome = "success"
-            return result
-        except Retry:
-            outcome = "retry"
-            raise
-        except (Ignore, Reject):
-            outcome = "ignored"
-            raise
+            return super().__call__(*args, **kwargs)
         finally:
-            log.info("task %s finished: outcome=%s runtime=%.3fs", self.name, outcome, time.perf_counter() - started)
+            reset_current_tenant(token)
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         retries = getattr(self.request, "retries", 0)
         log.error("task %s failed after %d retries: %s: %s", self.name, retries, type(exc).__name__, exc)
-
-    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
-        clear_tenant()
 
     # -- database ----------------------------------------------------------------------------------
     @contextmanager

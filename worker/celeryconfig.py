@@ -51,7 +51,8 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         # A task running while the connection drops would run twice after redelivery.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_soft_shutdown_timeout": float(settings.celery_worker_soft_shutdown_timeout),
-        "worker_enable_soft_shutdown_on_idle": settings.celery_worker_soft_shutdown_timeout > 0,
+        # Off: when idle Celery would otherwise sleep the whole soft-shutdown timeout before exiting.
+        "worker_enable_soft_shutdown_on_idle": False,
         "worker_hijack_root_logger": True,
         # kombu reads only top-level keys here (a nested connection_pool_kwargs is ignored).
         "broker_transport_options": {

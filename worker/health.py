@@ -48,7 +48,7 @@ STARTING, CONSUMING, LOST, STOPPING = "starting", "consuming", "lost", "stopping
 
 
 def _settings(app: Celery) -> Any:
-    settings = getattr(app.conf, "worker_settings", None)
+    settings = getattr(app, "worker_settings", None)
     if settings is None:
         from worker.settings import get_settings
 

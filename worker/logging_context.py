@@ -43,3 +43,7 @@ def install_filter(logger: logging.Logger) -> None:
 @after_setup_task_logger.connect(weak=False, dispatch_uid="worker.logging_context.task")
 def _on_setup_logger(logger: logging.Logger, **_: object) -> None:
     install_filter(logger)
+    from worker.settings import get_settings
+
+    # LOG_LEVEL governs our own loggers (worker.*); CELERY_WORKER_LOGLEVEL governs Celery's.
+    logging.getLogger("worker").setLevel(get_settings().log_level)

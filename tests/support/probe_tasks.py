@@ -86,6 +86,12 @@ def spawn_with_delay(self: BaseTask) -> str:
     return tenant.delay().id
 
 
+@shared_task(bind=True, name="tests.probe.plain_spawn")
+def plain_spawn(self: Any) -> str:
+    """A task that is not a BaseTask publishes a tenant probe: it must carry no leftover tenant."""
+    return tenant.delay().id
+
+
 @shared_task(bind=True, base=BaseTask, name="tests.probe.sleep", max_retries=0)
 def sleep(self: BaseTask, seconds: float) -> dict[str, Any]:
     import time

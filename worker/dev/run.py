@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,13 +81,16 @@ def main() -> int:
           f"  BROKER_URL={env['BROKER_URL']} CELERY_RESULT_BACKEND={env['CELERY_RESULT_BACKEND']} \\\n"
           "  .venv/bin/python -m worker send rhesis.backend.tasks.count_test_sets --organization-id <id>",
           flush=True)
-    # A child, not exec: the embedded servers are stopped by this process's exit handlers.
-    worker = subprocess.Popen(["bash", str(ROOT / "entrypoint.sh"), "worker"], env=env)
+    # A child, not exec: the embedded servers are stopped by this process's exit handlers. Its own session,
+    # so that Ctrl-C reaches it once, through us (the terminal would also signal it directly, and a second
+    # SIGINT turns Celery's warm shutdown into a cold one).
+    worker = subprocess.Popen(["bash", str(ROOT / "entrypoint.sh"), "worker"], env=env, start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda *_: worker.send_signal(signal.SIGTERM))
     while True:
         try:
             return worker.wait()
         except KeyboardInterrupt:
-            continue  # the terminal sent SIGINT to the worker too; wait for its warm shutdown
+            worker.send_signal(signal.SIGINT)
 
 
 if __name__ == "__main__":

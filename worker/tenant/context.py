@@ -53,6 +53,10 @@ def set_current_tenant(tenant: Tenant) -> Token[Tenant]:
     return _current.set(tenant)
 
 
+def reset_current_tenant(token: Token[Tenant]) -> None:
+    _current.reset(token)
+
+
 def clear_tenant() -> None:
     _current.set(NO_TENANT)
 

@@ -28,12 +28,21 @@ def tenant_of_running_task() -> Tenant:
     if task is None:
         return tenant
     request = task.request
-    return Tenant(getattr(request, ORGANIZATION_HEADER, None), getattr(request, USER_HEADER, None))
+    return Tenant.of(getattr(request, ORGANIZATION_HEADER, None), getattr(request, USER_HEADER, None))
 
 
-def fill_tenant_headers(headers: dict[str, Any]) -> None:
-    """Give an outgoing message its publisher's tenant unless it names one itself."""
+def _names_own_tenant(headers: dict[str, Any], body: Any) -> bool:
     if headers.get(ORGANIZATION_HEADER):
+        return True
+    # Protocol 2 body: (args, kwargs, embed). A producer that sends the tenant only as kwargs names its own.
+    if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
+        return bool(body[1].get(ORGANIZATION_HEADER))
+    return False
+
+
+def fill_tenant_headers(headers: dict[str, Any], body: Any = None) -> None:
+    """Give an outgoing message its publisher's tenant unless it names one itself."""
+    if _names_own_tenant(headers, body):
         return
     tenant = tenant_of_running_task()
     if tenant.is_set:
@@ -42,6 +51,7 @@ def fill_tenant_headers(headers: dict[str, Any]) -> None:
 
 
 @before_task_publish.connect(weak=False, dispatch_uid="worker.tenant.propagation")
-def _on_before_task_publish(sender: str | None = None, headers: dict | None = None, **_: Any) -> None:
+def _on_before_task_publish(sender: str | None = None, headers: dict | None = None, body: Any = None,
+                            **_: Any) -> None:
     if headers is not None:
-        fill_tenant_headers(headers)
+        fill_tenant_headers(headers, body)
