@@ -75,27 +75,6 @@ class Integer(Parser):
         return value
 
 
-class Number(Parser):
-    def __init__(self, minimum: float | None = None, maximum: float | None = None) -> None:
-        self.minimum, self.maximum = minimum, maximum
-        low = "" if minimum is None else f" >= {minimum:g}"
-        high = "" if maximum is None else f" <= {maximum:g}"
-        self.allowed = "a number" + (low + ("," if low and high else "") + high)
-
-    def parse(self, raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError("is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("is not a finite number")
-        if self.minimum is not None and value < self.minimum:
-            raise ValueError("is below the minimum")
-        if self.maximum is not None and value > self.maximum:
-            raise ValueError("is above the maximum")
-        return value
-
-
 TRUE_WORDS = ("yes", "true", "1", "on")
 FALSE_WORDS = ("no", "false", "0", "off", "")
 
