@@ -26,7 +26,8 @@ log() {
 # Hide passwords in anything that looks like scheme://user:password@host. Up to the last @ of the word:
 # generated passwords may hold / ? # @ unescaped, and masking too much is harmless.
 mask_urls() {
-    sed -E 's#([A-Za-z][A-Za-z0-9+.-]*://[^:@/[:space:]]*):[^[:space:]]*@#\1:***@#g'
+    sed -E -e 's#([A-Za-z][A-Za-z0-9+.-]*://[^:@/[:space:]]*):[^[:space:]]*@#\1:***@#g' \
+        -e 's#([?&]([Pp][Aa][Ss][Ss]([Ww][Oo][Rr][Dd])?|ssl(key)?password)=)[^&#[:space:]]*#\1***#g'
 }
 
 # Validate every variable (`python -m config check` exits 64 with one line on a bad value) and keep the
@@ -142,10 +143,20 @@ run_worker() {
     supervise
 }
 
-declare -i WORKER_PID=0 FLOWER_PID=0 STOPPING=0
+declare -i WORKER_PID=0 FLOWER_PID=0 STOPPING=0 FORWARDED=0
+PENDING_SIGNAL=""
 forward() {
     local sig="$1"
     STOPPING=1
+    PENDING_SIGNAL="$sig"
+    if ((WORKER_PID == 0 || FLOWER_PID == 0)); then
+        # Not both started yet: supervise() forwards once they are. (`kill 0` would signal our own group.)
+        return 0
+    fi
+    if ((FORWARDED)) && [[ "$sig" != QUIT ]]; then
+        return 0  # signalled once already: a second TERM/INT would turn the warm shutdown into a cold one
+    fi
+    FORWARDED=1
     log "SIG$sig received: forwarding to the worker (pid $WORKER_PID) and Flower (pid $FLOWER_PID)"
     # TERM and INT both mean a warm shutdown; Celery exits 1 after SIGINT but 0 after SIGTERM, so INT is
     # passed on as TERM. QUIT (cold shutdown) is passed on as it is. Flower stops on TERM.
@@ -181,6 +192,9 @@ supervise() {
     "${FLOWER_ARGV[@]}" &
     FLOWER_PID=$!
     log "supervising the worker (pid $WORKER_PID) and Flower (pid $FLOWER_PID)"
+    if ((STOPPING)); then
+        forward "$PENDING_SIGNAL"  # a signal that arrived while the children were starting
+    fi
 
     local first first_status other other_name first_name
     wait_any "$WORKER_PID" "$FLOWER_PID"

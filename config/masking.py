@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+# libpq and redis-py also take credentials as query parameters.
+_SECRET_QUERY = re.compile(r"([?&](?:password|pass|sslpassword|sslkeypassword)=)[^&#]*", re.IGNORECASE)
 
 
 def mask_url(url: str | None) -> str:
@@ -15,6 +17,7 @@ def mask_url(url: str | None) -> str:
     """
     if not url:
         return ""
+    url = _SECRET_QUERY.sub(r"\1***", url)
     scheme = _SCHEME.match(url)
     if not scheme:
         return "(hidden)" if "@" in url else url

@@ -108,7 +108,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("WORKER_HEARTBEAT_MAX_AGE", Integer(2, 86400), "60",
            "Age in seconds after which the healthcheck calls a heartbeat stale.", group="health"),
     Option("WORKER_BROKER_LOST_EXIT_AFTER", Integer(0, 86400), "300",
-           "Seconds without a broker connection after which the worker stops beating (turns unhealthy).",
+           "Seconds without a broker connection (also at start-up) after which the worker stops beating and exits "
+           "with status 1. 0 = never (not recommended: a worker without a broker then looks healthy).",
            group="health"),
     # -- flower ----------------------------------------------------------------------------------
     Option("ENABLE_FLOWER", Choice(("yes", "no"), {"true": "yes", "1": "yes", "false": "no", "0": "no",

@@ -176,6 +176,8 @@ def test_worker_args_unbalanced_quotes_is_an_error() -> None:
     ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),
     ("redis://:pa?ss#w/rd@host/0", "redis://:***@host/0"),
     ("not a url:secret@x", "(hidden)"),
+    ("postgresql://worker@db/app?password=s3cret&sslmode=require", "postgresql://worker@db/app?password=***&sslmode=require"),
+    ("postgresql://db/app?sslmode=require&PASSWORD=s3cret", "postgresql://db/app?sslmode=require&PASSWORD=***"),
 ])
 def test_mask_url(url: str, masked: str) -> None:
     assert mask_url(url) == masked

@@ -174,7 +174,7 @@ class HealthMonitor:
             if current not in (STARTING, LOST) or self.gave_up:
                 continue
             now = time.monotonic()
-            if now - since >= self.lost_exit_after:
+            if self.lost_exit_after and now - since >= self.lost_exit_after:
                 self._give_up(now - since)
             elif current == LOST and now - last_beat >= self.interval:
                 self.beat()
