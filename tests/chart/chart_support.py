@@ -156,6 +156,18 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "extraEgress": [{"ports": [{"protocol": "TCP", "port": 443}]}],
         },
     },
+    "network-policy-oauth-ingress": {
+        "secret": {"existingSecret": "tenant-worker-env"},
+        "flower": {"enabled": True, "urlPrefix": "/flower",
+                   "auth": {"type": "oauth", "oauth": {"provider": "flower.views.auth.GithubLoginHandler",
+                                                       "allowedEmails": ".*@example\\.com"}},
+                   "ingress": {"enabled": True, "className": "nginx", "hosts": ["ops.example.com"]}},
+        "networkPolicy": {
+            "enabled": True,
+            "flowerFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+            "flowerOAuthEgress": {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]},
+        },
+    },
     "no-migration-hostnetwork": {"migration": {"enabled": False}, "hostNetwork": True},
 }
 

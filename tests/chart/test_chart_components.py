@@ -278,6 +278,25 @@ def test_network_policy_allows_dns_redis_postgresql_only(render: Any) -> None:
     assert selected == [FLOWER]
 
 
+@pytest.mark.parametrize("values_set", ["network-policy-oauth-ingress"])
+def test_network_policy_lets_flower_reach_its_oauth_provider(render: Any, values_set: str) -> None:
+    rendered = render(VALUE_SETS[values_set])
+    flower_policy = rendered.get("NetworkPolicy", FLOWER)["spec"]
+    assert flower_policy["policyTypes"] == ["Ingress", "Egress"]
+    assert flower_policy["egress"] == [{"ports": [{"protocol": "TCP", "port": 443}],
+                                        "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}]
+    assert flower_policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "flower"
+    (rule,) = flower_policy["ingress"]
+    assert rule["from"] == VALUE_SETS[values_set]["networkPolicy"]["flowerFrom"]
+    release_policy = rendered.get("NetworkPolicy", FULLNAME)["spec"]
+    assert all(p["port"] != 443 for r in release_policy["egress"] for p in r["ports"]), "workers get no 443"
+    # Default: any destination on 443, for the Flower pods only.
+    values = {**VALUE_SETS[values_set], "networkPolicy": {**VALUE_SETS[values_set]["networkPolicy"],
+                                                          "flowerOAuthEgress": {"ports": [443]}}}
+    default = render(values).get("NetworkPolicy", FLOWER)["spec"]
+    assert default["egress"] == [{"ports": [{"protocol": "TCP", "port": 443}]}]
+
+
 def test_no_network_policy_by_default(render: Any) -> None:
     assert not render({}).all("NetworkPolicy")
 
@@ -327,8 +346,15 @@ def test_notes_tell_how_to_reach_flower_and_check_workers(helm_bin: Path, tmp_pa
     assert f"rollout status deployment/{FULLNAME}-worker-default" in notes
     assert "entrypoint.sh healthcheck" in notes
     assert "WARNING" not in notes
+    assert "then open http://127.0.0.1:5555/\n" in notes
+    assert "/metrics" not in notes, "without an Ingress /metrics is not exposed"
     with_ingress = _notes(helm_bin, tmp_path, VALUE_SETS["flower-prefix-ingress"])
-    assert "https://ops.example.com/flower" in with_ingress
+    # Flower answers 404 on the prefix without the trailing slash.
+    assert "https://ops.example.com/flower/\n" in with_ingress
+    assert "Flower serves /flower/metrics without authentication" in with_ingress
+    assert "docs/helm.md" in with_ingress
+    forwarded = _notes(helm_bin, tmp_path, {**VALUE_SETS["flower"], "flower": {"enabled": True, "urlPrefix": "ops"}})
+    assert "then open http://127.0.0.1:5555/ops/\n" in forwarded
     missing = _notes(helm_bin, tmp_path, {})
     assert "WARNING: secret.brokerUrl" in missing and "Flower is disabled" in missing
     insecure = _notes(helm_bin, tmp_path, {"secret": CHART_SECRET, "redisTls": {"certReqs": "none"}})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_support import CHART_SECRET
+from chart_support import CHART, CHART_SECRET, NAMESPACE, RELEASE, run_helm
+
+LONG_NAME = "a" * 55  # "<55>-worker-<pool>" is cut to 63 characters, so the pool name is lost
 
 NEGATIVE = {
     "flower-without-auth": (
@@ -28,10 +32,43 @@ NEGATIVE = {
     "grace-shorter-than-soft-shutdown": (
         {"workers": [{"name": "default", "preStopDrain": False, "softShutdownTimeout": 120,
                       "terminationGracePeriodSeconds": 60}]},
-        ["workers[default]", "terminationGracePeriodSeconds (60) is shorter than softShutdownTimeout (120)"]),
+        ["workers[default]", "terminationGracePeriodSeconds (60) is shorter than the shutdown needs (135 s",
+         "softShutdownTimeout=120 s plus 15 s for the worker to exit", "at least 135"]),
+    "grace-without-exit-margin": (  # soft shutdown alone, no time for the process to exit
+        {"workers": [{"name": "default", "preStopDrain": False, "softShutdownTimeout": 120,
+                      "terminationGracePeriodSeconds": 134}]},
+        ["workers[default]", "terminationGracePeriodSeconds (134)", "at least 135"]),
     "grace-shorter-than-drain-plus-soft-shutdown": (
         {"workerDefaults": {"terminationGracePeriodSeconds": 100}},
-        ["workers[default]", "terminationGracePeriodSeconds (100)", "at least 120"]),
+        ["workers[default]", "terminationGracePeriodSeconds (100)", "plus 15 s for the worker to exit",
+         "at least 135"]),
+    "grace-exactly-drain-plus-soft-shutdown": (  # 2 x soft leaves no time for the process to exit
+        {"workerDefaults": {"terminationGracePeriodSeconds": 120}},
+        ["workers[default]", "terminationGracePeriodSeconds (120) is shorter than the shutdown needs (135 s",
+         "at least 135"]),
+    "grace-margin-below-exit-time": (
+        {"workerDefaults": {"terminationGraceMarginSeconds": 5}},
+        ["/workerDefaults/terminationGraceMarginSeconds"]),
+    "hostname-fixed": (  # every replica would share one node name: one pod's drain stops them all
+        {"workers": [{"name": "default", "hostname": "worker@tenant"}]},
+        ["/workers/0/hostname", "does not match pattern"]),
+    "hostname-process-index-only": (  # %i is 0 in every replica's main process
+        {"workerDefaults": {"hostname": "worker-%i@tenant"}},
+        ["/workerDefaults/hostname", "does not match pattern"]),
+    "hostname-escaped-percent": ({"workers": [{"name": "x", "hostname": "w@%%h"}]}, ["/workers/0/hostname"]),
+    "deployment-names-collide-after-truncation": (
+        {"fullnameOverride": LONG_NAME, "workers": [{"name": "heavy-a"}, {"name": "heavy-b"}]},
+        ["workers[heavy-b]", f'its Deployment name "{LONG_NAME}-worker"', 'also the name of pool "heavy-a"',
+         "Shorten the release name, fullnameOverride"]),
+    "deployment-name-collides-with-flower": (
+        {"fullnameOverride": "b" * 62, "secret": {"existingSecret": "env"}, "flower": {"enabled": True}},
+        ["workers[default]", "also the name of Flower"]),
+    "network-policy-flower-ingress-without-peers": (
+        {"secret": {"existingSecret": "env"},
+         "flower": {"enabled": True, "ingress": {"enabled": True, "hosts": ["ops.example.com"]}},
+         "networkPolicy": {"enabled": True}},
+        ["networkPolicy.flowerFrom is empty", "ingress controller cannot reach Flower",
+         "Set networkPolicy.flowerFrom"]),
     "hpa-and-keda": (
         {"keda": {"redis": {"address": "redis:6379", "usePassword": False}},
          "workers": [{"name": "both", "autoscaling": {"hpa": {"enabled": True}, "keda": {"enabled": True}}}]},
@@ -92,9 +129,26 @@ def test_render_fails_with_message(render_error: Any, case: str) -> None:
 def test_near_misses_render(render: Any) -> None:
     """The boundaries of the rules above are where they should be."""
     render({"workers": [{"name": "default", "preStopDrain": False, "softShutdownTimeout": 120,
-                         "terminationGracePeriodSeconds": 120}]})
+                         "terminationGracePeriodSeconds": 135}]})
+    render({"workerDefaults": {"terminationGracePeriodSeconds": 135, "terminationGraceMarginSeconds": 15}})
+    render({"workers": [{"name": "default", "hostname": "worker@%h"}]})
+    render({"fullnameOverride": "a" * 40, "workers": [{"name": "heavy-a"}, {"name": "heavy-b"}]})
+    render({"secret": {"existingSecret": "env"}, "flower": {"enabled": True, "ingress": {"enabled": True}},
+            "networkPolicy": {"enabled": True, "flowerFrom": [{"podSelector": {}}]}})
+    render({"secret": {"existingSecret": "env"}, "flower": {"enabled": True}, "networkPolicy": {"enabled": True}})
     render({"flower": {"enabled": True}, "secret": {"existingSecret": "env"}})
     render({"flower": {"enabled": True}, "secret": {"flowerBasicAuth": "a:b"}})
     render({"keda": {"redis": {"address": "r:6379"}}, "secret": {"redisPassword": "pw"},
             "workers": [{"name": "a", "autoscaling": {"keda": {"enabled": True}}},
                         {"name": "b", "autoscaling": {"hpa": {"enabled": True}}}]})
+
+
+def test_fixed_hostname_fails_also_without_the_schema(helm_bin: Path, tmp_path: Path) -> None:
+    """The template repeats the schema's hostname rule, for `--skip-schema-validation`."""
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"workers": [{"name": "default", "hostname": "worker@tenant"}]}))
+    done = run_helm(helm_bin, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", str(values),
+                    "--skip-schema-validation")
+    assert done.returncode != 0, "render succeeded with a fixed hostname"
+    assert 'workers[default]: hostname "worker@tenant" has no %h or %n' in done.stderr
+    assert "preStop drain" in done.stderr and '"worker@%h"' in done.stderr

@@ -146,15 +146,17 @@ def test_max_memory_per_child(render: Any, pool: str, overrides: dict[str, Any],
     ({}, 60 * 2 + 30),  # drain may wait the soft shutdown, then the soft shutdown itself, then the margin
     ({"preStopDrain": False}, 60 + 30),
     ({"softShutdownTimeout": 600}, 1230),
-    ({"softShutdownTimeout": 600, "terminationGraceMarginSeconds": 5, "preStopDrain": False}, 605),
-    ({"terminationGracePeriodSeconds": 120}, 120),  # exactly what the drain plus soft shutdown need
+    ({"softShutdownTimeout": 600, "terminationGraceMarginSeconds": 15, "preStopDrain": False}, 615),
+    ({"terminationGracePeriodSeconds": 135}, 135),  # exactly drain + soft shutdown + 15 s to exit
+    ({"terminationGracePeriodSeconds": 75, "preStopDrain": False}, 75),  # exactly soft shutdown + 15 s to exit
     ({"terminationGracePeriodSeconds": 3600}, 3600),
 ])
 def test_grace_period(render: Any, overrides: dict[str, Any], grace: int) -> None:
     worker = render({"workers": [{"name": "default", **overrides}]}).worker()
     assert pod_spec(worker)["terminationGracePeriodSeconds"] == grace
     soft = int(env_of(worker)["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"])
-    assert grace >= soft
+    drains = "lifecycle" in container(worker)
+    assert grace >= soft * (2 if drains else 1) + 15, "docs/container.md: >= 2 x soft + 15 with the drain"
 
 
 def test_rolling_update_never_drops_below_wanted_and_pods_are_not_evicted(render: Any) -> None:
@@ -273,7 +275,7 @@ def test_every_pod_is_locked_down(render: Any, values_set: str) -> None:
         assert spec.get("hostNetwork", False) is (values_set == "no-migration-hostnetwork")
     for sa in rendered.all("ServiceAccount"):
         assert sa["automountServiceAccountToken"] is False
-    for obj in pods:
+    for obj in rendered.all("Deployment"):
         assert pod_spec(obj)["serviceAccountName"] == f"{FULLNAME}"
 
 
@@ -281,6 +283,30 @@ def test_service_account_can_be_external(render: Any) -> None:
     rendered = render({"serviceAccount": {"create": False, "name": "shared"}})
     assert not rendered.all("ServiceAccount")
     assert pod_spec(rendered.worker())["serviceAccountName"] == "shared"
+    # An existing ServiceAccount exists before the pre-install hook too, so the migration uses it.
+    assert pod_spec(rendered.get("Job", f"{FULLNAME}-migrate"))["serviceAccountName"] == "shared"
+
+
+@pytest.mark.parametrize("service_account", [{}, {"create": True, "name": "custom"}, {"create": False}])
+def test_migration_hook_does_not_use_a_service_account_created_by_the_release(
+        render: Any, service_account: dict[str, Any]) -> None:
+    """A chart-created ServiceAccount does not exist yet when pre-install hooks run: the API server would refuse
+    the migration pod. The hook runs under the namespace's default ServiceAccount (token still not mounted)."""
+    rendered = render({"serviceAccount": service_account})
+    job = rendered.get("Job", f"{FULLNAME}-migrate")
+    assert "serviceAccountName" not in pod_spec(job)
+    assert "serviceAccount" not in pod_spec(job)
+    assert pod_spec(job)["automountServiceAccountToken"] is False
+    for sa in rendered.all("ServiceAccount"):
+        assert "helm.sh/hook" not in (sa["metadata"].get("annotations") or {}), "the workers' SA is no hook"
+    assert pod_spec(rendered.worker())["serviceAccountName"] == (
+        service_account.get("name") or (FULLNAME if service_account.get("create", True) else "default"))
+
+
+@pytest.mark.parametrize("hostname", ["tuned@%h", "%n-worker", "w-%i@%h", "%%x-%h", "a@%h.%d"])
+def test_hostname_with_the_pod_name_is_accepted(render: Any, hostname: str) -> None:
+    worker = render({"workers": [{"name": "default", "hostname": hostname}]}).worker()
+    assert env_of(worker)["CELERY_WORKER_HOSTNAME"] == hostname
 
 
 def test_image_digest_and_pull_secrets(render: Any) -> None:

@@ -25,6 +25,9 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUEUE = r"^[A-Za-z0-9_.:\-]+$"
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# Empty, or a Celery node name with %h or %n (the pod name; not escaped as %%), so every replica gets its own.
+# %i and %I expand to the process index, the same "0" in every replica's main process, and %d to the domain.
+HOSTNAME = r"^(([A-Za-z0-9_.@\-]|%[%diI])*%[hn]([A-Za-z0-9_.@\-]|%[%hndiI])*)?$"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -129,16 +132,19 @@ def pool_properties() -> dict[str, Any]:
             "oneOf": [{"type": "integer", "minimum": 0, "maximum": 1073741824}, {"type": "string", "enum": ["auto"]}],
         },
         "loglevel": string("Celery worker log level (CELERY_WORKER_LOGLEVEL).", enum=LOG_LEVELS),
-        "hostname": string("Worker node name (CELERY_WORKER_HOSTNAME); empty means <pool name>@%h.",
-                           pattern=r"^[A-Za-z0-9_.@%\-]*$"),
+        "hostname": {"type": "string", "pattern": HOSTNAME, "description": (
+            "Worker node name (CELERY_WORKER_HOSTNAME); empty means <pool name>@%h. A non-empty name must "
+            "contain %h or %n (the pod name) so that every replica gets its own node name: the preStop drain "
+            "cancels the consumer of the pod's node name, which with a shared name would stop every replica.")},
         "softShutdownTimeout": integer("Seconds running tasks get to finish after SIGTERM before they are "
                                        "stopped (CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT); also bounds the preStop "
                                        "drain.", 0, 86400),
         "terminationGraceMarginSeconds": integer("Seconds added to the derived grace period for process exit "
-                                                 "and log flushing.", 0, 3600),
+                                                 "and log flushing (at least 15).", 15, 3600),
         "terminationGracePeriodSeconds": integer("Explicit pod grace period; null derives softShutdownTimeout "
                                                  "(twice with preStopDrain) plus the margin. The render fails when "
-                                                 "it is shorter than that shutdown needs.", 0, None, nullable=True),
+                                                 "it is shorter than that shutdown needs plus 15 s for the worker "
+                                                 "to exit.", 0, None, nullable=True),
         "extraArgs": string("Extra `celery worker` options (CELERY_WORKER_OPTS), split like a shell line."),
         "preStopDrain": boolean("preStop hook `entrypoint.sh drain`: the pod stops consuming and waits for its "
                                 "active tasks before SIGTERM."),
@@ -408,7 +414,10 @@ def network_policy_block() -> dict[str, Any]:
                    "extraEgress": k8s_list("Further egress rules (NetworkPolicyEgressRule), e.g. HTTPS to model "
                                            "APIs"),
                    "flowerFrom": k8s_list("NetworkPolicyPeer entries allowed to reach Flower's port (UI, API, "
-                                          "/metrics), e.g. the ingress controller and Prometheus"),
+                                          "/metrics), e.g. the ingress controller and Prometheus; required with "
+                                          "flower.ingress.enabled"),
+                   "flowerOAuthEgress": egress("Egress of the Flower pods to the OAuth provider (HTTPS); rendered "
+                                               "only with flower.auth.type oauth."),
                })
 
 

@@ -119,6 +119,11 @@ derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName.
 {{- $root := . -}}
 {{- $pools := list -}}
 {{- $seen := dict -}}
+{{- /* Rendered Deployment names: truncation to 63 characters can make two of them equal. */ -}}
+{{- $deployments := dict -}}
+{{- if .Values.flower.enabled -}}
+{{- $_ := set $deployments (include "tw.componentName" (list $root "flower")) "Flower" -}}
+{{- end -}}
 {{- if not .Values.workers -}}
 {{- fail "workers is empty: the chart needs at least one worker pool, e.g. workers: [{name: default}]" -}}
 {{- end -}}
@@ -131,24 +136,32 @@ derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName.
 {{- $_ := set $seen $name true -}}
 {{- $label := printf "workers[%s]" $name -}}
 {{- $_ := set $pool "fullName" (include "tw.componentName" (list $root (printf "worker-%s" $name))) -}}
+{{- if hasKey $deployments $pool.fullName -}}
+{{- fail (printf "%s: its Deployment name %q (names are cut to 63 characters) is also the name of %s; the objects would overwrite each other. Shorten the release name, fullnameOverride/nameOverride or the pool names so the names differ within 63 characters" $label $pool.fullName (get $deployments $pool.fullName)) -}}
+{{- end -}}
+{{- $_ := set $deployments $pool.fullName (printf "pool %q" $name) -}}
 {{- if not $pool.queues -}}
 {{- fail (printf "%s: queues is empty; a pool must consume at least one queue" $label) -}}
 {{- end -}}
 {{- /* shutdown contract */ -}}
+{{- /* The shutdown itself (drain, then soft shutdown) plus at least 15 s for the process to exit (the schema
+keeps terminationGraceMarginSeconds at 15 or more, so a derived grace period always meets it). */ -}}
+{{- $exitMargin := 15 -}}
 {{- $soft := int64 $pool.softShutdownTimeout -}}
-{{- $needed := $soft -}}
+{{- $shutdown := $soft -}}
 {{- if $pool.preStopDrain -}}
-{{- $needed = mul $soft 2 -}}
+{{- $shutdown = mul $soft 2 -}}
 {{- end -}}
+{{- $needed := add $shutdown $exitMargin -}}
 {{- if kindIs "invalid" $pool.terminationGracePeriodSeconds -}}
-{{- $_ := set $pool "gracePeriod" (add $needed (int64 $pool.terminationGraceMarginSeconds)) -}}
+{{- $_ := set $pool "gracePeriod" (add $shutdown (int64 $pool.terminationGraceMarginSeconds)) -}}
 {{- else -}}
 {{- $grace := int64 $pool.terminationGracePeriodSeconds -}}
 {{- if lt $grace $needed -}}
 {{- if $pool.preStopDrain -}}
-{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: the preStop drain may wait softShutdownTimeout=%d s, then the soft shutdown gets another %d s); running tasks would be killed. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it), lower softShutdownTimeout, or set preStopDrain: false" $label $grace $needed $soft $soft $needed) -}}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: the preStop drain may wait softShutdownTimeout=%d s, then the soft shutdown gets another %d s, plus %d s for the worker to exit); running tasks would be killed. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it), lower softShutdownTimeout, or set preStopDrain: false" $label $grace $needed $soft $soft $exitMargin $needed) -}}
 {{- else -}}
-{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than softShutdownTimeout (%d); running tasks would be killed before the soft shutdown ends. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it) or lower softShutdownTimeout" $label $grace $soft $needed) -}}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: softShutdownTimeout=%d s plus %d s for the worker to exit); running tasks would be killed before the soft shutdown ends. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it) or lower softShutdownTimeout" $label $grace $needed $soft $exitMargin $needed) -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set $pool "gracePeriod" $grace -}}
@@ -167,6 +180,10 @@ derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName.
 {{- end -}}
 {{- else -}}
 {{- $_ := set $pool "maxMemoryKiB" (int64 $maxMem) -}}
+{{- end -}}
+{{- /* The schema checks this too; the template repeats it for --skip-schema-validation. */ -}}
+{{- if and $pool.hostname (not (regexMatch "^(([A-Za-z0-9_.@-]|%[%diI])*%[hn]([A-Za-z0-9_.@-]|%[%hndiI])*)$" $pool.hostname)) -}}
+{{- fail (printf "%s: hostname %q has no %%h or %%n (the pod name), so every replica would get the same node name and one pod's preStop drain (cancel_consumer for that node) would stop all of them. Include %%h, e.g. %q, or leave it empty for %s@%%h (%%i is the process index, 0 in every replica)" $label $pool.hostname (printf "%s@%%h" (trimSuffix "@" (regexReplaceAll "@.*$" $pool.hostname ""))) $name) -}}
 {{- end -}}
 {{- $_ := set $pool "nodeName" (default (printf "%s@%%h" $name) $pool.hostname) -}}
 {{- /* autoscaling */ -}}
@@ -353,6 +370,22 @@ seccompProfile:
 {{/* Pod-level settings every component shares. */}}
 {{- define "tw.podCommon" -}}
 serviceAccountName: {{ include "tw.serviceAccountName" . }}
+{{ include "tw.podCommonBase" . }}
+{{- end -}}
+
+{{/*
+Pod-level settings of the pre-install/pre-upgrade migration hook. The chart-created ServiceAccount is a normal
+release object and does not exist yet when pre-install hooks run (the API server would refuse the pod), so the
+hook uses the namespace's default ServiceAccount, or an existing one named with serviceAccount.create=false.
+*/}}
+{{- define "tw.hookPodCommon" -}}
+{{- if and (not .Values.serviceAccount.create) .Values.serviceAccount.name -}}
+serviceAccountName: {{ .Values.serviceAccount.name }}
+{{ end -}}
+{{ include "tw.podCommonBase" . }}
+{{- end -}}
+
+{{- define "tw.podCommonBase" -}}
 automountServiceAccountToken: false
 enableServiceLinks: false
 {{- if .Values.hostNetwork }}
@@ -467,6 +500,9 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 {{- end -}}
 {{- if and $f.ingress.enabled (not $f.enabled) -}}
 {{- fail "flower.ingress.enabled needs flower.enabled" -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.enabled $f.enabled $f.ingress.enabled (not .Values.networkPolicy.flowerFrom) -}}
+{{- fail "networkPolicy.enabled with flower.ingress.enabled: networkPolicy.flowerFrom is empty, so Flower's NetworkPolicy admits nobody and the ingress controller cannot reach Flower. Set networkPolicy.flowerFrom to the ingress controller's pods, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]" -}}
 {{- end -}}
 {{- if and $s.existingSecret (or $s.brokerUrl $s.resultBackend $s.databaseUrl $s.migrationDatabaseUrl $s.flowerBasicAuth $s.flowerOauth2Key $s.flowerOauth2Secret $s.flowerCookieSecret $s.redisPassword $s.extra) -}}
 {{- fail "secret.existingSecret is set together with secret values (brokerUrl, databaseUrl, extra, ...): those would be ignored. Put them into the existing Secret, or leave existingSecret empty" -}}
