@@ -62,6 +62,9 @@ def test_no_cross_tenant_rows_under_load(worker_factory, client_app, tenants, po
     assert foreign == 0
     assert leaked == 0
     assert worker.proc.poll() is None
+    callback = client_app.tasks["tests.probe.db_wait_callback"].apply_async().get(TIMEOUT)
+    # Under gevent, psycopg2 must yield to other greenlets rather than block the whole process.
+    assert callback == ("psycogreen.gevent.gevent_wait_callback" if pool == "gevent" else None)
     assert worker.stop() == 0  # so that the next pool type is measured alone
 
 

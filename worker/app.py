@@ -15,6 +15,19 @@ from worker.settings import get_settings
 from worker.tenant import lifecycle, propagation  # noqa: F401 - task_prerun/postrun and before_task_publish handlers
 
 
+def _cooperative_postgres_under_gevent() -> None:
+    """Celery's gevent pool monkey-patches sockets before the app loads, but psycopg2 talks to PostgreSQL
+    from C and would block every greenlet of the process; psycogreen's wait callback yields instead."""
+    if "gevent.monkey" not in sys.modules:
+        return
+    from gevent import monkey
+
+    if monkey.is_module_patched("socket"):
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+
 def create_app(settings: Settings | None = None, main: str = "worker") -> Celery:
     """Build a configured app; tests and producers may pass their own settings."""
     settings = settings or get_settings()
@@ -47,4 +60,5 @@ def _create_default_app() -> Celery:
         raise SystemExit(64) from None
 
 
+_cooperative_postgres_under_gevent()
 app = _create_default_app()

@@ -116,6 +116,15 @@ def outlive_soft_limit(self: BaseTask, seconds: float) -> dict[str, Any]:
     return _seen(self)
 
 
+@shared_task(bind=True, base=BaseTask, name="tests.probe.db_wait_callback")
+def db_wait_callback(self: BaseTask) -> str | None:
+    """Which wait callback psycopg2 uses in this worker (psycogreen's under the gevent pool)."""
+    from psycopg2 import extensions
+
+    callback = extensions.get_wait_callback()
+    return None if callback is None else f"{callback.__module__}.{callback.__name__}"
+
+
 @shared_task(bind=True, base=BaseTask, name="tests.probe.scan_rows")
 def scan_rows(self: BaseTask, queries: int) -> dict[str, Any]:
     """Run tenant-scoped queries; count rows of other tenants and tenant settings left on pooled connections."""
