@@ -60,6 +60,17 @@ def redis_endpoint(url: str, settings: Settings, variable: str) -> RedisEndpoint
     return RedisEndpoint(urlunsplit(parts._replace(query=clean_query)), options)
 
 
+class _CeleryTlsWarningFilter(logging.Filter):
+    """Drops Celery's own CERT_NONE/CERT_OPTIONAL warning, which it repeats for every backend instance (one per
+    thread under the threads pool); ``warn_if_unverified`` says it once, naming the connections."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and "Setting ssl_cert_reqs=CERT_" in record.msg)
+
+
+logging.getLogger("celery.backends.redis").addFilter(_CeleryTlsWarningFilter())
+
+
 def warn_if_unverified(endpoints: dict[str, RedisEndpoint]) -> None:
     """One warning per process naming every connection whose certificate is not verified."""
     weak = [name for name, endpoint in endpoints.items() if not endpoint.verifies_certificate]
