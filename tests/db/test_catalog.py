@@ -170,11 +170,41 @@ def test_migrate_refuses_runtime_role_that_can_become_owner(pgdb, admin_role, pg
     engine = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with engine.connect() as conn:
         conn.execute(text(f'grant "{_role(pgdb.owner_url)}" to "{role}"'))
-    with pytest.raises(MigrationError, match="member of the owner role"):
+    with pytest.raises(MigrationError, match=f"is a member of {_role(pgdb.owner_url)} and could SET ROLE"):
         migrate(pgdb.owner_url, url_for_role(pgdb.runtime_url, role))
     with engine.connect() as conn:
         conn.execute(text(f'revoke "{_role(pgdb.owner_url)}" from "{role}"'))
     engine.dispose()
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ('alter role "{role}" createrole', "has CREATEROLE"),
+    ('create role "{role}_su" superuser nologin; grant "{role}_su" to "{role}"', "_su and could SET ROLE"),
+    ('create role "{role}_rls" bypassrls nologin; alter role "{role}" noinherit; grant "{role}_rls" to "{role}"',
+     "_rls and could SET ROLE"),
+    ('grant pg_read_server_files to "{role}"', "pg_read_server_files"),
+    ("alter role \"{role}\" set app.current_organization = '6f1c9a43-58f3-4a0e-9d7b-3c0f4a3c2b11'",
+     "a default tenant is preset"),
+])
+def test_migrate_refuses_runtime_roles_that_can_escape_rls(pgdb, admin_role, pg_admin_url, setup, message) -> None:
+    from tests.db.conftest import url_for_role
+
+    role = admin_role("")
+    engine = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            for statement in setup.format(role=role).split(";"):
+                conn.execute(text(statement))
+        with pytest.raises(MigrationError, match=message):
+            migrate(pgdb.owner_url, url_for_role(pgdb.runtime_url, role))
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'alter role "{role}" nocreaterole inherit'))
+            conn.execute(text(f'alter role "{role}" reset all'))
+            conn.execute(text(f'revoke pg_read_server_files from "{role}"'))
+            for suffix in ("_su", "_rls"):
+                conn.execute(text(f'drop role if exists "{role}{suffix}"'))
+        engine.dispose()
 
 
 def test_migrate_refuses_a_missing_runtime_role(pgdb) -> None:

@@ -130,3 +130,13 @@ def test_cli_unreachable_database_is_one_line_error() -> None:
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("migrate: database unavailable: ")
     assert "Traceback" not in result.stderr and "secret-pw" not in result.stderr
+
+
+def test_demo_data_runs_concurrently_without_duplicates(make_database) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = make_database(migrated=True)
+    with ThreadPoolExecutor(4) as pool:
+        totals = list(pool.map(lambda _: create_demo_data(db.owner_url)["totals"], range(4)))
+    assert all(t == totals[0] for t in totals)
+    assert totals[0]["organizations"] == len(DEMO_ORGANIZATIONS)

@@ -7,12 +7,13 @@ import uuid
 
 import pytest
 from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 
 from worker.db.engine import dispose_engines_after_fork, get_engine, reset_engines
 from worker.db.models import Organization, Test, TestSet
-from worker.db.session import set_tenant, tenant_session
+from worker.db.session import TENANT_INFO_KEY, set_tenant, tenant_session
 from worker.errors import InvalidTenantError, TenantConflictError, TenantContextError
 
 CURRENT = text("select current_setting('app.current_organization', true), current_setting('app.current_user', true)")
@@ -229,3 +230,27 @@ def test_forked_child_gets_fresh_connections_and_parent_keeps_its_own(pgdb) -> N
     with engine.connect() as conn:  # the child did not close the parent's socket
         assert conn.scalar(PID) == parent_pid
     reset_engines()
+
+
+def test_set_tenant_inside_a_savepoint_is_refused(runtime_engine, seeded) -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    with tenant_session(first, None, engine=runtime_engine) as db:
+        savepoint = db.begin_nested()
+        with pytest.raises(TenantContextError, match="savepoint"):
+            set_tenant(db, second, None)
+        savepoint.rollback()
+        # database and ORM still agree on the first tenant
+        assert db.execute(CURRENT).first()[0] == str(first)
+        assert db.info[TENANT_INFO_KEY].organization_id == str(first)
+
+
+def test_connections_with_a_preset_tenant_are_refused(pgdb) -> None:
+    """A default tenant (here via libpq options; ALTER ROLE ... SET works alike) would defeat fail-closed."""
+    url = make_url(pgdb.runtime_url).update_query_dict(
+        {"options": "-c app.current_organization=6f1c9a43-58f3-4a0e-9d7b-3c0f4a3c2b11"})
+    engine = get_engine(url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(TenantContextError, match=r"start with app\.current_organization"), engine.connect():
+            pass
+    finally:
+        reset_engines()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -99,6 +99,8 @@ def create_demo_data(migration_url: str) -> dict[str, Any]:
         for name, slug, test_sets in DEMO_ORGANIZATIONS:
             org_id = demo_id(slug, "organization")
             with tenant_session(org_id, None, engine=engine) as db:
+                # Concurrent runs (several `make run`s, a chart hook) would otherwise both insert the same ids.
+                db.execute(text("select pg_advisory_xact_lock(hashtext('tenant-worker demo-data'))"))
                 org = db.get(Organization, org_id)
                 created = org is None
                 if created:

@@ -6,7 +6,7 @@ import os
 import threading
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 
 from worker.errors import TenantContextError
@@ -78,8 +78,27 @@ def get_engine(url: str | None = None, **options: Any) -> Engine:
         except TenantContextError:
             engine.dispose()
             raise
+        event.listen(engine, "connect", _refuse_preset_tenant)
         _engines[key] = engine
         return engine
+
+
+def _refuse_preset_tenant(dbapi_connection: Any, _record: Any) -> None:
+    """A new connection must start without a tenant.
+
+    ``ALTER ROLE/DATABASE ... SET app.current_organization`` or ``-c`` options in the URL would give every
+    connection without a tenant that organization's rows; the policies fail closed only on an empty setting.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("select current_setting('app.current_organization', true)")
+        preset = cursor.fetchone()[0]
+    finally:
+        cursor.close()
+    dbapi_connection.rollback()
+    if preset:
+        raise TenantContextError(f"new database connections start with app.current_organization={preset!r} "
+                                 "(ALTER ROLE/DATABASE ... SET, or options in DATABASE_URL); remove that default")
 
 
 def dispose_engines_after_fork() -> None:

@@ -53,7 +53,7 @@ def _quote(connection: Connection, name: str) -> str:
 
 def check_runtime_role(connection: Connection, runtime: str, owner: str) -> None:
     """Refuse a runtime role that could skip row-level security."""
-    row = connection.execute(text("select rolsuper, rolbypassrls from pg_roles where rolname = :r"),
+    row = connection.execute(text("select rolsuper, rolbypassrls, rolcreaterole from pg_roles where rolname = :r"),
                              {"r": runtime}).first()
     if row is None:
         raise MigrationError(f"runtime role {runtime!r} (the user in DATABASE_URL) does not exist; create it with "
@@ -64,10 +64,28 @@ def check_runtime_role(connection: Connection, runtime: str, owner: str) -> None
     if row.rolbypassrls:
         raise MigrationError(f"runtime role {runtime!r} has BYPASSRLS, so row-level security never applies to it; "
                              f"ALTER ROLE {runtime} NOBYPASSRLS or use another role")
-    if runtime != owner and connection.execute(text("select pg_has_role(:r, :o, 'MEMBER')"),
-                                               {"r": runtime, "o": owner}).scalar():
-        raise MigrationError(f"runtime role {runtime!r} is a member of the owner role {owner!r} and could SET ROLE "
-                             "to it and disable row-level security; revoke that membership")
+    if row.rolcreaterole:
+        raise MigrationError(f"runtime role {runtime!r} has CREATEROLE and could grant itself the owner role; "
+                             f"ALTER ROLE {runtime} NOCREATEROLE")
+    # Any role the runtime role can become (SET ROLE works even under NOINHERIT) must be harmless too.
+    dangerous = connection.execute(text(
+        "select r.rolname from pg_roles r where r.rolname <> :r and pg_has_role(:r, r.oid, 'MEMBER') and ("
+        " r.rolsuper or r.rolbypassrls or r.rolcreaterole or r.rolname = :o"
+        " or r.rolname in ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program')"
+        " or exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        "            where c.relowner = r.oid and n.nspname = 'public' and c.relname = any(:tables)))"
+        " order by 1"), {"r": runtime, "o": owner, "tables": list(RLS_TABLES)}).scalars().all()
+    if runtime != owner and dangerous:
+        raise MigrationError(f"runtime role {runtime!r} is a member of {', '.join(dangerous)} and could SET ROLE "
+                             "to skip or disable row-level security; revoke those memberships")
+    presets = connection.execute(text(
+        "select array_to_string(s.setconfig, ', ') from pg_db_role_setting s "
+        "left join pg_roles r on r.oid = s.setrole left join pg_database d on d.oid = s.setdatabase "
+        "where (r.rolname = :r or s.setrole = 0) and (d.datname = current_database() or s.setdatabase = 0) "
+        "and array_to_string(s.setconfig, ',') like '%app.current_%'"), {"r": runtime}).scalars().all()
+    if presets:
+        raise MigrationError(f"a default tenant is preset for {runtime!r} ({'; '.join(presets)}): every connection "
+                             "without a tenant would see that organization; ALTER ROLE/DATABASE ... RESET it")
     owned = connection.execute(text(
         "select c.relname from pg_class c join pg_roles r on r.oid = c.relowner "
         "join pg_namespace n on n.oid = c.relnamespace "

@@ -74,10 +74,13 @@ def set_tenant(session: Session, organization_id: object, user_id: object) -> No
     bind = session.get_bind()
     if isinstance(bind, Engine | Connection):
         refuse_autocommit(bind)
-    session.info[TENANT_INFO_KEY] = tenant
+    if session.in_nested_transaction():
+        # A savepoint rollback would undo set_config but not session.info: database and ORM would disagree.
+        raise TenantContextError("set_tenant inside a savepoint (begin_nested) is refused; set it before")
     if session.info.get(_CONNECTED_KEY):
         # A transaction already holds a connection; after_begin has run for it, so apply here.
         _apply(session.connection(), tenant)
+    session.info[TENANT_INFO_KEY] = tenant
 
 
 @contextmanager
