@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, delete, func, select, text, update
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
 from sqlalchemy.orm import aliased, selectinload
 from sqlalchemy.pool import NullPool
 
@@ -14,6 +14,7 @@ from worker.db import MigrationError
 from worker.db.migrate import migrate
 from worker.db.models import RLS_TABLES, Organization, Test, TestSet
 from worker.db.session import tenant_session
+from worker.errors import TenantConflictError
 
 
 @pytest.fixture
@@ -93,3 +94,22 @@ def test_tables_named_only_in_where_or_subqueries_are_filtered(without_rls) -> N
         union = select(TestSet.id).union_all(select(Test.id))
         assert len(db.execute(union).all()) == 1 + 2
         assert len(db.scalars(select(TestSet).from_statement(text("select * from test_set"))).all()) == 6
+
+
+def test_orm_insert_and_update_statements_cannot_write_another_organization(without_rls) -> None:
+    _db, engine, orgs, _ids = without_rls
+    with tenant_session(orgs[0], engine=engine) as db:
+        with pytest.raises(TenantConflictError, match="writes organization"):
+            db.execute(update(TestSet).values(organization_id=uuid.UUID(orgs[1])))
+    with tenant_session(orgs[0], engine=engine) as db:
+        with pytest.raises(TenantConflictError, match="writes organization"):
+            db.execute(insert(TestSet), [{"organization_id": uuid.UUID(orgs[0]), "name": "mine"},
+                                         {"organization_id": uuid.UUID(orgs[1]), "name": "theirs"}])
+    with tenant_session(orgs[0], engine=engine) as db:
+        with pytest.raises(TenantConflictError, match="writes organization"):
+            db.execute(insert(TestSet).values(organization_id=uuid.UUID(orgs[2]), name="theirs"))
+    with tenant_session(orgs[0], engine=engine) as db:  # its own organization is fine
+        db.execute(insert(TestSet), [{"organization_id": uuid.UUID(orgs[0]), "name": "mine"}])
+        db.execute(update(TestSet).where(TestSet.name == "mine").values(organization_id=uuid.UUID(orgs[0])))
+    with tenant_session(orgs[1], engine=engine) as db:
+        assert db.scalar(select(func.count()).select_from(TestSet)) == 1  # untouched

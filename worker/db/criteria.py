@@ -2,8 +2,9 @@
 
 Row-level security is the real boundary. This layer makes a development database without RLS (or a role
 that bypasses it) still return only the tenant's rows through the ORM, and stops the ORM from writing a row
-for another organization before PostgreSQL would. Raw SQL (``text()``, Core statements on tables) is not
-covered here; only RLS covers it.
+for another organization before PostgreSQL would (flushed objects, and ``insert(Model)``/``update(Model)``
+statements). The legacy ``bulk_*`` methods bypass ORM events and are not covered, nor is raw SQL
+(``text()``, Core statements on tables): only RLS covers those.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def _filter_by_tenant(state: ORMExecuteState) -> None:
     # Lazy and column loads inherit the criteria from the statement that loaded the parent.
     if state.is_column_load or state.is_relationship_load:
         return
+    if state.is_insert or state.is_update:
+        _refuse_foreign_values(state, tenant.organization_id)
     if not (state.is_select or state.is_update or state.is_delete):
         return
     org = uuid.UUID(tenant.organization_id)
@@ -53,6 +56,28 @@ def _filter_by_tenant(state: ORMExecuteState) -> None:
         if extra:
             statement = statement.where(*extra)
     state.statement = statement
+
+
+def _refuse_foreign_values(state: ORMExecuteState, org: str) -> None:
+    """``insert(Model)`` / ``update(Model)`` statements may not write another organization's id.
+
+    The values come from ``.values(...)`` on the statement or from the parameter list of an executemany.
+    """
+    mapper = state.bind_mapper
+    if mapper is None or not issubclass(mapper.class_, TenantMixin):
+        return
+    written: list[Any] = []
+    for column, value in (getattr(state.statement, "_values", None) or {}).items():
+        if getattr(column, "key", column) == "organization_id":
+            written.append(getattr(value, "value", value))
+    parameters = state.parameters
+    for row in parameters if isinstance(parameters, list | tuple) else [parameters] if parameters else []:
+        if isinstance(row, dict) and "organization_id" in row:
+            written.append(row["organization_id"])
+    for value in written:
+        if value is not None and not _same_org(value, org):
+            raise TenantConflictError(f"{mapper.class_.__name__} statement writes organization {value} in a session "
+                                      f"of organization {org}")
 
 
 def _top_level_predicate(from_: Any, org: uuid.UUID) -> Any:
