@@ -13,7 +13,7 @@ from celery import Task
 from sqlalchemy.orm import Session
 
 from worker.errors import PermanentTaskError, TenantConflictError, TenantContextError
-from worker.tenant.context import Tenant, current_tenant, reset_current_tenant, set_current_tenant
+from worker.tenant.context import Tenant, current_tenant, normalize_id, reset_current_tenant, set_current_tenant
 from worker.tenant.propagation import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER, tenant_of_running_task
 
 log = logging.getLogger("worker.task")
@@ -77,9 +77,8 @@ class BaseTask(Task):
         for name in TENANT_HEADERS:
             if kwargs.get(name) is None:
                 continue
-            value = Tenant.of(kwargs[name]).organization_id if name == ORGANIZATION_HEADER else \
-                Tenant.of(None, kwargs[name]).user_id
-            if headers.get(name) and Tenant.of(headers[name]).organization_id != value:
+            value = normalize_id(kwargs[name], name)
+            if headers.get(name) and normalize_id(headers[name], name) != value:
                 raise TenantConflictError(f"header {name}={headers[name]} disagrees with kwarg {name}={kwargs[name]}")
             headers[name] = value
             if not self._accepts_kwarg(name):
@@ -88,10 +87,16 @@ class BaseTask(Task):
                                    link_error=link_error, shadow=shadow, headers=headers or None, **options)
 
     def _accepts_kwarg(self, name: str) -> bool:
+        return name in self._tenant_kwargs_taken
+
+    @functools.cached_property
+    def _tenant_kwargs_taken(self) -> frozenset[str]:
+        """The tenant names the task's own signature takes (computed once, not on every call)."""
         try:
-            return name in inspect.signature(self.run).parameters
+            parameters = inspect.signature(self.run).parameters
         except (TypeError, ValueError):
-            return False
+            return frozenset()
+        return frozenset(name for name in TENANT_HEADERS if name in parameters)
 
     # -- execution ---------------------------------------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
