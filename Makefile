@@ -34,7 +34,7 @@ chart-test: helm
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/shellcheck entrypoint.sh .ci/run scripts/*.sh
+	$(VENV)/bin/shellcheck -x entrypoint.sh .ci/run scripts/*.sh scripts/lib/*.sh
 	$(VENV)/bin/hadolint Dockerfile
 	$(PY) -m config table | diff -u - <(sed -n '/BEGIN ENV TABLE/,/END ENV TABLE/p' README.md) \
 		|| { echo "README env table is stale: run 'make env-table'"; exit 1; }

@@ -11,14 +11,9 @@ set -euo pipefail
 image="${1:-localhost/python-base:bookworm}"
 suite="${BASE_SUITE:-bookworm}"
 
-engine="${CONTAINER_ENGINE:-}"
-if [[ -z "$engine" ]]; then
-    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-        engine=docker
-    else
-        engine=podman
-    fi
-fi
+# shellcheck source=scripts/lib/container-engine.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/container-engine.sh"
+container_engine || exit $?
 
 if [[ "${REBUILD_BASE:-0}" != 1 ]] && "$engine" image inspect "$image" >/dev/null 2>&1; then
     echo "base image $image already exists"

@@ -16,17 +16,9 @@ image="${IMAGE:-localhost/tenant-worker:dev}"
 default_base="python:3.12-slim"
 local_base="localhost/python-base:bookworm"
 
-engine="${CONTAINER_ENGINE:-}"
-if [[ -z "$engine" ]]; then
-    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-        engine=docker
-    elif command -v podman >/dev/null 2>&1; then
-        engine=podman
-    else
-        echo "build-image: neither a docker daemon nor podman is available" >&2
-        exit 69
-    fi
-fi
+# shellcheck source=scripts/lib/container-engine.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/container-engine.sh"
+container_engine || exit $?
 
 cmd=("$engine")
 build_flags=()
