@@ -32,10 +32,11 @@ def create_app(settings: Settings | None = None, main: str = "worker") -> Celery
     """Build a configured app; tests and producers may pass their own settings."""
     settings = settings or get_settings()
     app = Celery(main)
-    app.conf.update(build_celery_config(settings))
+    endpoints = redis_endpoints(settings)
+    app.conf.update(build_celery_config(settings, endpoints))
     # On the app object, not in app.conf: `celery inspect conf`, `celery report` and Flower show app.conf.
     app.worker_settings = settings
-    warn_if_unverified(redis_endpoints(settings))
+    warn_if_unverified(endpoints)
     app.autodiscover_tasks(["worker"], force=True)
     from worker.health import install_health_checks
 

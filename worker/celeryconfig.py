@@ -16,8 +16,8 @@ def redis_endpoints(settings: Settings) -> dict[str, RedisEndpoint]:
     }
 
 
-def build_celery_config(settings: Settings) -> dict[str, Any]:
-    endpoints = redis_endpoints(settings)
+def build_celery_config(settings: Settings, endpoints: dict[str, RedisEndpoint] | None = None) -> dict[str, Any]:
+    endpoints = endpoints or redis_endpoints(settings)
     broker, backend = endpoints["broker"], endpoints["result backend"]
     key_prefix = {"global_keyprefix": settings.redis_key_prefix} if settings.redis_key_prefix else {}
     config: dict[str, Any] = {
