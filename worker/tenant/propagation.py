@@ -13,6 +13,7 @@ from celery import current_app
 from celery.signals import before_task_publish
 
 from worker.tenant.context import Tenant, current_tenant
+from worker.tenant.display import show_tenant_in_kwargsrepr
 
 ORGANIZATION_HEADER = "organization_id"
 USER_HEADER = "user_id"
@@ -31,13 +32,18 @@ def tenant_of_running_task() -> Tenant:
     return Tenant.of(getattr(request, ORGANIZATION_HEADER, None), getattr(request, USER_HEADER, None))
 
 
-def _names_own_tenant(headers: dict[str, Any], body: Any) -> bool:
+def message_tenant(headers: dict[str, Any], body: Any) -> tuple[Any, Any]:
+    """The (organization_id, user_id) a message names: its headers, else its kwargs; (None, None) for none."""
     if headers.get(ORGANIZATION_HEADER):
-        return True
+        return headers.get(ORGANIZATION_HEADER), headers.get(USER_HEADER)
     # Protocol 2 body: (args, kwargs, embed). A producer that sends the tenant only as kwargs names its own.
     if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
-        return bool(body[1].get(ORGANIZATION_HEADER))
-    return False
+        return body[1].get(ORGANIZATION_HEADER), body[1].get(USER_HEADER)
+    return None, None
+
+
+def _names_own_tenant(headers: dict[str, Any], body: Any) -> bool:
+    return bool(message_tenant(headers, body)[0])
 
 
 def fill_tenant_headers(headers: dict[str, Any], body: Any = None) -> None:
@@ -55,3 +61,5 @@ def _on_before_task_publish(sender: str | None = None, headers: dict | None = No
                             **_: Any) -> None:
     if headers is not None:
         fill_tenant_headers(headers, body)
+        # Flower shows kwargsrepr, never our headers: put the tenant where operators look (display only).
+        show_tenant_in_kwargsrepr(headers, *message_tenant(headers, body))
