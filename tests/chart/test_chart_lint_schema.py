@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from chart_support import CHART, ROOT, VALUE_SETS, run_helm
+from chart_support import CHART, CONFIG_ENV, ROOT, VALUE_SETS, run_helm
 
 SCHEMA_FILE = CHART / "values.schema.json"
 GENERATOR = CHART / "hack" / "generate_schema.py"
@@ -94,19 +94,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the chart's config block against the image's declared options (config/options.py) ----------------------
-CONFIG_ENV = {
-    "logLevel": "LOG_LEVEL", "databasePoolSize": "DATABASE_POOL_SIZE", "databaseMaxOverflow": "DATABASE_MAX_OVERFLOW",
-    "databasePoolTimeout": "DATABASE_POOL_TIMEOUT", "redisSocketTimeout": "REDIS_SOCKET_TIMEOUT",
-    "redisSocketConnectTimeout": "REDIS_SOCKET_CONNECT_TIMEOUT", "redisRetryOnTimeout": "REDIS_RETRY_ON_TIMEOUT",
-    "redisSocketKeepalive": "REDIS_SOCKET_KEEPALIVE", "redisHealthCheckInterval": "REDIS_HEALTH_CHECK_INTERVAL",
-    "redisMaxConnections": "REDIS_MAX_CONNECTIONS", "redisKeyPrefix": "REDIS_KEY_PREFIX",
-    "brokerVisibilityTimeout": "BROKER_VISIBILITY_TIMEOUT", "taskTimeLimit": "TASK_TIME_LIMIT",
-    "taskSoftTimeLimit": "TASK_SOFT_TIME_LIMIT", "taskMaxCountdown": "TASK_MAX_COUNTDOWN",
-    "taskMaxRetries": "TASK_MAX_RETRIES", "taskRetryBackoffMax": "TASK_RETRY_BACKOFF_MAX",
-    "taskAcksLate": "TASK_ACKS_LATE", "resultExpires": "RESULT_EXPIRES",
-    "workerHeartbeatInterval": "WORKER_HEARTBEAT_INTERVAL", "workerHeartbeatMaxAge": "WORKER_HEARTBEAT_MAX_AGE",
-    "workerBrokerLostExitAfter": "WORKER_BROKER_LOST_EXIT_AFTER",
-}
 
 
 @pytest.fixture(scope="module")
