@@ -246,7 +246,8 @@ def _option_names() -> list[str]:
     return [o.name for o in OPTIONS]
 
 
-# values over BASE -> (the variables they set in each container, value names helm's refusal must mention one of)
+# values over BASE -> (the variables they set in each container, value names helm's refusal must mention one of).
+# Secret URLs: the schema checks scheme and (Redis) host; a malformed port is left to the image (not covered here).
 POOL_CASES: dict[str, tuple[dict[str, Any], EnvFor, list[str]]] = {
     **{f"extraArgs {args!r}": ({"workers": [{"name": "default", "extraArgs": args}]},
                                in_workers({"CELERY_WORKER_OPTS": args}), ["extraArgs"])
@@ -272,6 +273,13 @@ POOL_CASES: dict[str, tuple[dict[str, Any], EnvFor, list[str]]] = {
     "secret.extra setting BROKER_URL_FILE": (
         {"secret": {"extra": {"BROKER_URL_FILE": "/nonexistent"}}}, in_workers({"BROKER_URL_FILE": "/nonexistent"}),
         ["secret.extra.BROKER_URL_FILE"]),
+    **{f"secret.{key} {url!r}": ({"secret": {key: url}}, in_workers({env: url}), [f"/secret/{key}"])
+       for key, env, url in (("brokerUrl", "BROKER_URL", "http://redis:6379/0"),
+                             ("brokerUrl", "BROKER_URL", "redis://:pw@/0"),
+                             ("brokerUrl", "BROKER_URL", "rediss://:p@ss@redis:6380/0"),
+                             ("resultBackend", "CELERY_RESULT_BACKEND", "redis:6379/1"),
+                             ("databaseUrl", "DATABASE_URL", "mysql://db/tenants"),
+                             ("databaseUrl", "DATABASE_URL", "postgresql:///tenants"))},
     "config.extra with a variable newer than the chart": (
         {"config": {"extra": {"SOME_NEW_OPTION": "on"}}}, everywhere({"SOME_NEW_OPTION": "on"}), ["config.extra"]),
 }

@@ -14,6 +14,7 @@ by the chart tests after rendering.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,15 @@ def option_choice(env: str, description: str) -> dict[str, Any]:
 def option_pattern(env: str) -> str:
     """The image's regular expression for `env`, anchored, empty allowed."""
     return f"^({BY_NAME[env].parser.regex.pattern})?$"
+
+
+def option_url(env: str, description: str) -> dict[str, Any]:
+    """A URL value with the image's schemes (config.spec.Url), empty allowed (existingSecret); a Redis URL also
+    needs a host. Ports and the rest are left to the image."""
+    parser = BY_NAME[env].parser
+    schemes = "|".join(re.escape(scheme) for scheme in parser.schemes)
+    host = r"([^/?#]*@)?[^/?#@:]+" if set(parser.schemes) <= {"redis", "rediss"} else ""
+    return string(description, pattern=f"^(({schemes})://{host}.*)?$")
 
 
 def boolean(description: str) -> dict[str, Any]:
@@ -297,11 +307,11 @@ def secret_block() -> dict[str, Any]:
         "existingSecret": string("Existing Secret holding the keys named in secret.keys (and secret.extraKeys); "
                                  "when set, the chart creates no Secret and the value fields below must be "
                                  "empty."),
-        "brokerUrl": string("BROKER_URL for the chart-created Secret (redis:// or rediss://)."),
-        "resultBackend": string("CELERY_RESULT_BACKEND for the chart-created Secret."),
-        "databaseUrl": string("DATABASE_URL (runtime role) for the chart-created Secret."),
-        "migrationDatabaseUrl": string("MIGRATION_DATABASE_URL (table owner) for the chart-created Secret; empty "
-                                       "means DATABASE_URL."),
+        "brokerUrl": option_url("BROKER_URL", "BROKER_URL for the chart-created Secret (redis:// or rediss://)."),
+        "resultBackend": option_url("CELERY_RESULT_BACKEND", "CELERY_RESULT_BACKEND for the chart-created Secret."),
+        "databaseUrl": option_url("DATABASE_URL", "DATABASE_URL (runtime role) for the chart-created Secret."),
+        "migrationDatabaseUrl": option_url("MIGRATION_DATABASE_URL", "MIGRATION_DATABASE_URL (table owner) for the "
+                                           "chart-created Secret; empty means DATABASE_URL."),
         "flowerBasicAuth": string("FLOWER_BASIC_AUTH (user:password[,user:password...]) for the chart-created "
                                   "Secret."),
         "flowerOauth2Key": string("FLOWER_OAUTH2_KEY (OAuth client id) for the chart-created Secret."),
