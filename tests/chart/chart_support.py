@@ -172,5 +172,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The chart's config.* values and the image variables they set (config/options.py).
+CONFIG_ENV = {
+    "logLevel": "LOG_LEVEL", "databasePoolSize": "DATABASE_POOL_SIZE", "databaseMaxOverflow": "DATABASE_MAX_OVERFLOW",
+    "databasePoolTimeout": "DATABASE_POOL_TIMEOUT", "redisSocketTimeout": "REDIS_SOCKET_TIMEOUT",
+    "redisSocketConnectTimeout": "REDIS_SOCKET_CONNECT_TIMEOUT", "redisRetryOnTimeout": "REDIS_RETRY_ON_TIMEOUT",
+    "redisSocketKeepalive": "REDIS_SOCKET_KEEPALIVE", "redisHealthCheckInterval": "REDIS_HEALTH_CHECK_INTERVAL",
+    "redisMaxConnections": "REDIS_MAX_CONNECTIONS", "redisKeyPrefix": "REDIS_KEY_PREFIX",
+    "brokerVisibilityTimeout": "BROKER_VISIBILITY_TIMEOUT", "taskTimeLimit": "TASK_TIME_LIMIT",
+    "taskSoftTimeLimit": "TASK_SOFT_TIME_LIMIT", "taskMaxCountdown": "TASK_MAX_COUNTDOWN",
+    "taskMaxRetries": "TASK_MAX_RETRIES", "taskRetryBackoffMax": "TASK_RETRY_BACKOFF_MAX",
+    "taskAcksLate": "TASK_ACKS_LATE", "resultExpires": "RESULT_EXPIRES",
+    "workerHeartbeatInterval": "WORKER_HEARTBEAT_INTERVAL", "workerHeartbeatMaxAge": "WORKER_HEARTBEAT_MAX_AGE",
+    "workerBrokerLostExitAfter": "WORKER_BROKER_LOST_EXIT_AFTER",
+}
+
+
 def all_value_sets() -> Iterator[tuple[str, dict[str, Any]]]:
     yield from VALUE_SETS.items()

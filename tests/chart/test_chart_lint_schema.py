@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from chart_support import CHART, ROOT, VALUE_SETS, run_helm
+from chart_support import CHART, CONFIG_ENV, ROOT, VALUE_SETS, run_helm
 
 SCHEMA_FILE = CHART / "values.schema.json"
 GENERATOR = CHART / "hack" / "generate_schema.py"
@@ -94,19 +95,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the chart's config block against the image's declared options (config/options.py) ----------------------
-CONFIG_ENV = {
-    "logLevel": "LOG_LEVEL", "databasePoolSize": "DATABASE_POOL_SIZE", "databaseMaxOverflow": "DATABASE_MAX_OVERFLOW",
-    "databasePoolTimeout": "DATABASE_POOL_TIMEOUT", "redisSocketTimeout": "REDIS_SOCKET_TIMEOUT",
-    "redisSocketConnectTimeout": "REDIS_SOCKET_CONNECT_TIMEOUT", "redisRetryOnTimeout": "REDIS_RETRY_ON_TIMEOUT",
-    "redisSocketKeepalive": "REDIS_SOCKET_KEEPALIVE", "redisHealthCheckInterval": "REDIS_HEALTH_CHECK_INTERVAL",
-    "redisMaxConnections": "REDIS_MAX_CONNECTIONS", "redisKeyPrefix": "REDIS_KEY_PREFIX",
-    "brokerVisibilityTimeout": "BROKER_VISIBILITY_TIMEOUT", "taskTimeLimit": "TASK_TIME_LIMIT",
-    "taskSoftTimeLimit": "TASK_SOFT_TIME_LIMIT", "taskMaxCountdown": "TASK_MAX_COUNTDOWN",
-    "taskMaxRetries": "TASK_MAX_RETRIES", "taskRetryBackoffMax": "TASK_RETRY_BACKOFF_MAX",
-    "taskAcksLate": "TASK_ACKS_LATE", "resultExpires": "RESULT_EXPIRES",
-    "workerHeartbeatInterval": "WORKER_HEARTBEAT_INTERVAL", "workerHeartbeatMaxAge": "WORKER_HEARTBEAT_MAX_AGE",
-    "workerBrokerLostExitAfter": "WORKER_BROKER_LOST_EXIT_AFTER",
-}
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +123,57 @@ def test_config_block_matches_image_options(options: dict[str, Any]) -> None:
     assert not mismatched, f"chart defaults differ from the image's (chart, image): {mismatched}"
 
 
-def test_config_schema_bounds_match_image_options(options: dict[str, Any]) -> None:
-    props = _schema()["properties"]["config"]["properties"]
-    for key, env in CONFIG_ENV.items():
-        parser = options[env].parser
-        if props[key].get("type") == "integer":
-            assert (props[key].get("minimum"), props[key].get("maximum")) == (parser.minimum, parser.maximum), key
-        if "enum" in props[key]:
-            assert tuple(props[key]["enum"]) == parser.choices, key
+# Every image variable: the schema path of the value that sets it, or None with the reason the chart sets it itself.
+OPTION_VALUES: dict[str, str | None] = {
+    **{env: f"/config/{key}" for key, env in CONFIG_ENV.items()},
+    "BROKER_URL": "/secret/brokerUrl", "CELERY_RESULT_BACKEND": "/secret/resultBackend",
+    "DATABASE_URL": "/secret/databaseUrl", "MIGRATION_DATABASE_URL": "/secret/migrationDatabaseUrl",
+    "FLOWER_BASIC_AUTH": "/secret/flowerBasicAuth", "REDIS_SSL_CERT_REQS": "/redisTls/certReqs",
+    "REDIS_SSL_CA_CERTS": None, "REDIS_SSL_CERTFILE": None, "REDIS_SSL_KEYFILE": None,  # paths of mounted files
+    "CELERY_WORKER_CONCURRENCY": "/workerDefaults/concurrency",
+    "CELERY_WORKER_PREFETCH_MULTIPLIER": "/workerDefaults/prefetchMultiplier",
+    "CELERY_WORKER_MAX_TASKS_PER_CHILD": "/workerDefaults/maxTasksPerChild",
+    "CELERY_WORKER_MAX_MEMORY_PER_CHILD": "/workerDefaults/maxMemoryPerChild",
+    "CELERY_WORKER_LOGLEVEL": "/workerDefaults/loglevel", "CELERY_WORKER_QUEUES": "/workerDefaults/queues",
+    "CELERY_WORKER_POOL": "/workerDefaults/pool", "CELERY_WORKER_HOSTNAME": "/workerDefaults/hostname",
+    "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "/workerDefaults/softShutdownTimeout",
+    "CELERY_WORKER_OPTS": "/workerDefaults/extraArgs",
+    "WORKER_HEALTH_DIR": None,  # always /tmp/worker-health, on the /tmp emptyDir
+    "ENABLE_FLOWER": None,  # always no: Flower is its own Deployment
+    "FLOWER_PORT": "/flower/port", "FLOWER_UNAUTHENTICATED": None,  # from flower.auth.type none
+}
+
+
+def _node(path: str) -> dict[str, Any]:
+    node = _schema()
+    for part in path.strip("/").split("/"):
+        node = node["items"] if part == "items" else node["properties"][part]
+    return node
+
+
+def test_every_image_option_is_bounded_by_the_schema(options: dict[str, Any]) -> None:
+    """The schema refuses, per field, what `python -m config check` refuses: same bounds, choices, patterns."""
+    from config.spec import Choice, Integer, Pattern, Url
+
+    assert set(OPTION_VALUES) == set(options), "map each new image variable to the value that sets it"
+    for env, path in OPTION_VALUES.items():
+        if path is None:
+            continue
+        parser, node = options[env].parser, _node(path)
+        pool_node = _node(path.replace("/workerDefaults/", "/workers/items/")) if "workerDefaults" in path else None
+        for n in filter(None, (node, pool_node)):
+            if isinstance(parser, Integer):
+                n = next((v for v in n.get("oneOf", []) if v.get("type") == "integer"), n)
+                assert (n.get("minimum"), n.get("maximum")) == (parser.minimum, parser.maximum), path
+            elif isinstance(parser, Choice):
+                assert set(n["enum"]) <= set(parser.choices), path
+            elif isinstance(parser, Pattern):
+                patterns = [n.get("pattern")] + [v.get("pattern") for v in n.get("allOf", [])]
+                assert f"^({parser.regex.pattern})?$" in patterns, path
+            elif isinstance(parser, Url):
+                assert "pattern" in n, f"{path}: no pattern, so any text reaches {env}"
+                assert all(re.match(n["pattern"], f"{scheme}://host/0") for scheme in parser.schemes), path
+                assert not re.match(n["pattern"], "http://host/0"), path
 
 
 def test_every_rendered_variable_is_an_image_option(render: Any, options: dict[str, Any]) -> None:

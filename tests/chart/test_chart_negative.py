@@ -97,6 +97,34 @@ NEGATIVE = {
     "bad-memory-quantity": (
         {"workerDefaults": {"resources": {"limits": {"memory": "1.5Gi"}}}},
         ["cannot read the memory quantity \"1.5Gi\""]),
+    # the image's own cross-field rules (config/loader.py _check_together), all reported at once
+    "soft-limit-not-below-hard": (  # the issue: every pod and the migration hook would crash-loop
+        {"config": {"taskSoftTimeLimit": 4000}},
+        ["VALUES VALIDATION", "config.taskSoftTimeLimit (4000) must be below config.taskTimeLimit (3600)"]),
+    "visibility-timeout-below-retry-backoff": (
+        {"config": {"taskRetryBackoffMax": 9000}},
+        ["config.brokerVisibilityTimeout (7200) must be above config.taskTimeLimit + max(config.taskMaxCountdown, "
+         "config.taskRetryBackoffMax) (3600 + 9000 = 12600)", "at least 12601"]),
+    "visibility-timeout-equal-to-limit-plus-countdown": (
+        {"config": {"brokerVisibilityTimeout": 4200}},
+        ["config.brokerVisibilityTimeout (4200)", "(3600 + 600 = 4200)"]),
+    "heartbeat-max-age-not-above-interval": (
+        {"config": {"workerHeartbeatMaxAge": 10}},
+        ["config.workerHeartbeatMaxAge (10) must be above config.workerHeartbeatInterval (10)"]),
+    "every-broken-rule-at-once": (
+        {"config": {"taskSoftTimeLimit": 4000, "workerHeartbeatMaxAge": 5, "taskMaxCountdown": 9000}},
+        ["config.taskSoftTimeLimit (4000)", "config.brokerVisibilityTimeout (7200)",
+         "config.workerHeartbeatMaxAge (5)"]),
+    "config-extra-shadows-an-option": (
+        {"config": {"extra": {"TASK_SOFT_TIME_LIMIT": "4000", "SOME_NEW_OPTION": "1"}}},
+        ["config.extra.TASK_SOFT_TIME_LIMIT: the image reads these variables"]),
+    "secret-extra-key-shadows-an-option": (
+        {"secret": {"existingSecret": "env", "extraKeys": ["OPENAI_API_KEY", "DATABASE_URL_FILE"]}},
+        ["secret.extraKeys.DATABASE_URL_FILE: the image reads"]),
+    "extra-args-unbalanced-quote": (
+        {"workers": [{"name": "default", "extraArgs": "--exclude-queues 'a"}]},
+        ["workers[default]: extraArgs \"--exclude-queues 'a\" cannot be split like a shell line"]),
+    "hostname-two-ats": ({"workers": [{"name": "default", "hostname": "w@x@%h"}]}, ["/workers/0/hostname"]),
     # values.schema.json
     "unknown-top-level-key": ({"replicaCount": 3}, ["additional properties 'replicaCount' not allowed"]),
     "unknown-pool-key": (
@@ -141,6 +169,9 @@ def test_near_misses_render(render: Any) -> None:
     render({"keda": {"redis": {"address": "r:6379"}}, "secret": {"redisPassword": "pw"},
             "workers": [{"name": "a", "autoscaling": {"keda": {"enabled": True}}},
                         {"name": "b", "autoscaling": {"hpa": {"enabled": True}}}]})
+    render({"config": {"taskSoftTimeLimit": 3599, "brokerVisibilityTimeout": 4201, "workerHeartbeatMaxAge": 11}})
+    render({"config": {"taskRetryBackoffMax": 9000, "brokerVisibilityTimeout": 12601}})
+    render({"workers": [{"name": "default", "extraArgs": "--exclude-queues 'a b' \"it's\" a\\ b"}]})
 
 
 def test_fixed_hostname_fails_also_without_the_schema(helm_bin: Path, tmp_path: Path) -> None:
@@ -152,3 +183,16 @@ def test_fixed_hostname_fails_also_without_the_schema(helm_bin: Path, tmp_path: 
     assert done.returncode != 0, "render succeeded with a fixed hostname"
     assert 'workers[default]: hostname "worker@tenant" has no %h or %n' in done.stderr
     assert "preStop drain" in done.stderr and '"worker@%h"' in done.stderr
+
+
+@pytest.mark.parametrize(("pool", "message"), [
+    ({"hostname": "w@x@%h"}, 'workers[default]: hostname "w@x@%h" is not a node name the image accepts'),
+    ({"hostname": "@%h"}, 'workers[default]: hostname "@%h" is not a node name the image accepts'),
+])
+def test_image_hostname_rule_holds_also_without_the_schema(helm_bin: Path, tmp_path: Path, pool: dict[str, Any],
+                                                           message: str) -> None:
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"workers": [{"name": "default", **pool}]}))
+    done = run_helm(helm_bin, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", str(values),
+                    "--skip-schema-validation")
+    assert done.returncode != 0 and message in done.stderr, done.stderr

@@ -14,12 +14,18 @@ by the chart tests after rendering.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 CHART = Path(__file__).resolve().parent.parent
 TARGET = CHART / "values.schema.json"
+sys.path.insert(0, str(CHART.parent.parent))
+
+# The image's declared variables: bounds, choices and patterns of the values that set them come from there, so
+# the schema refuses what `python -m config check` would refuse at start-up.
+from config.options import BY_NAME  # noqa: E402 - needs the repository root on sys.path
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -28,7 +34,7 @@ K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # Empty, or a Celery node name with %h or %n (the pod name; not escaped as %%), so every replica gets its own.
 # %i and %I expand to the process index, the same "0" in every replica's main process, and %d to the domain.
 HOSTNAME = r"^(([A-Za-z0-9_.@\-]|%[%diI])*%[hn]([A-Za-z0-9_.@\-]|%[%hndiI])*)?$"
-LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS = list(BY_NAME["LOG_LEVEL"].parser.choices)
 
 
 # -- building blocks ------------------------------------------------------------------------------------------
@@ -52,6 +58,30 @@ def integer(description: str, minimum: int | None = 0, maximum: int | None = Non
     if maximum is not None:
         schema["maximum"] = maximum
     return schema
+
+
+def option_int(env: str, description: str) -> dict[str, Any]:
+    """An integer value that becomes the image variable `env`, with that variable's bounds."""
+    parser = BY_NAME[env].parser
+    return integer(description, parser.minimum, parser.maximum)
+
+
+def option_choice(env: str, description: str) -> dict[str, Any]:
+    return string(description, enum=list(BY_NAME[env].parser.choices))
+
+
+def option_pattern(env: str) -> str:
+    """The image's regular expression for `env`, anchored, empty allowed."""
+    return f"^({BY_NAME[env].parser.regex.pattern})?$"
+
+
+def option_url(env: str, description: str) -> dict[str, Any]:
+    """A URL value with the image's schemes (config.spec.Url), empty allowed (existingSecret); a Redis URL also
+    needs a host. Ports and the rest are left to the image."""
+    parser = BY_NAME[env].parser
+    schemes = "|".join(re.escape(scheme) for scheme in parser.schemes)
+    host = r"([^/?#]*@)?[^/?#@:]+" if set(parser.schemes) <= {"redis", "rediss"} else ""
+    return string(description, pattern=f"^(({schemes})://{host}.*)?$")
 
 
 def boolean(description: str) -> dict[str, Any]:
@@ -119,33 +149,40 @@ def pool_properties() -> dict[str, Any]:
         "replicas": integer("Replicas when no autoscaler is enabled for the pool."),
         "queues": {"type": "array", "description": "Queues the pool consumes (CELERY_WORKER_QUEUES).",
                    "minItems": 1, "uniqueItems": True, "items": {"type": "string", "pattern": QUEUE}},
-        "pool": string("Execution pool (CELERY_WORKER_POOL).", enum=["prefork", "threads", "gevent", "solo"]),
-        "concurrency": integer("Processes or threads per pod (CELERY_WORKER_CONCURRENCY).", 1, 1000),
-        "prefetchMultiplier": integer("Messages reserved per process (CELERY_WORKER_PREFETCH_MULTIPLIER); 1 keeps "
-                                      "queue-length autoscaling honest.", 1, 1000),
-        "maxTasksPerChild": integer("Tasks a pool process runs before it is replaced; 0 = unlimited "
-                                    "(CELERY_WORKER_MAX_TASKS_PER_CHILD).", 0, 10000000),
+        "pool": option_choice("CELERY_WORKER_POOL", "Execution pool (CELERY_WORKER_POOL)."),
+        "concurrency": option_int("CELERY_WORKER_CONCURRENCY", "Processes or threads per pod "
+                                  "(CELERY_WORKER_CONCURRENCY)."),
+        "prefetchMultiplier": option_int("CELERY_WORKER_PREFETCH_MULTIPLIER", "Messages reserved per process "
+                                         "(CELERY_WORKER_PREFETCH_MULTIPLIER); 1 keeps queue-length autoscaling "
+                                         "honest."),
+        "maxTasksPerChild": option_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", "Tasks a pool process runs before it "
+                                       "is replaced; 0 = unlimited (CELERY_WORKER_MAX_TASKS_PER_CHILD)."),
         "maxMemoryPerChild": {
             "description": "KiB of resident memory after which a pool process is replaced "
                            "(CELERY_WORKER_MAX_MEMORY_PER_CHILD). \"auto\": 75% of the memory limit divided by the "
                            "concurrency for prefork (0 without a limit or for other pools); 0 = unlimited.",
-            "oneOf": [{"type": "integer", "minimum": 0, "maximum": 1073741824}, {"type": "string", "enum": ["auto"]}],
+            "oneOf": [{"type": "integer", "minimum": BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.minimum,
+                       "maximum": BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.maximum},
+                      {"type": "string", "enum": ["auto"]}],
         },
         "loglevel": string("Celery worker log level (CELERY_WORKER_LOGLEVEL).", enum=LOG_LEVELS),
-        "hostname": {"type": "string", "pattern": HOSTNAME, "description": (
+        "hostname": {"type": "string", "pattern": HOSTNAME,
+                     "allOf": [{"pattern": option_pattern("CELERY_WORKER_HOSTNAME")}], "description": (
             "Worker node name (CELERY_WORKER_HOSTNAME); empty means <pool name>@%h. A non-empty name must "
             "contain %h or %n (the pod name) so that every replica gets its own node name: the preStop drain "
-            "cancels the consumer of the pod's node name, which with a shared name would stop every replica.")},
-        "softShutdownTimeout": integer("Seconds running tasks get to finish after SIGTERM before they are "
-                                       "stopped (CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT); also bounds the preStop "
-                                       "drain.", 0, 86400),
+            "cancels the consumer of the pod's node name, which with a shared name would stop every replica. At "
+            "most one @, with text on both sides.")},
+        "softShutdownTimeout": option_int("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "Seconds running tasks get to "
+                                          "finish after SIGTERM before they are stopped "
+                                          "(CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT); also bounds the preStop drain."),
         "terminationGraceMarginSeconds": integer("Seconds added to the derived grace period for process exit "
                                                  "and log flushing (at least 15).", 15, 3600),
         "terminationGracePeriodSeconds": integer("Explicit pod grace period; null derives softShutdownTimeout "
                                                  "(twice with preStopDrain) plus the margin. The render fails when "
                                                  "it is shorter than that shutdown needs plus 15 s for the worker "
                                                  "to exit.", 0, None, nullable=True),
-        "extraArgs": string("Extra `celery worker` options (CELERY_WORKER_OPTS), split like a shell line."),
+        "extraArgs": string("Extra `celery worker` options (CELERY_WORKER_OPTS), split like a shell line; the "
+                            "render fails on an unclosed quote or a trailing backslash."),
         "preStopDrain": boolean("preStop hook `entrypoint.sh drain`: the pod stops consuming and waits for its "
                                 "active tasks before SIGTERM."),
         "safeToEvict": boolean("Value of the cluster-autoscaler.kubernetes.io/safe-to-evict annotation; false "
@@ -220,44 +257,41 @@ def worker_entry() -> dict[str, Any]:
 
 # -- everything else --------------------------------------------------------------------------------------------
 def config_block() -> dict[str, Any]:
-    def env_int(name: str, description: str, low: int, high: int) -> dict[str, Any]:
-        return integer(f"{name}: {description}", low, high)
+    def env_int(name: str, description: str) -> dict[str, Any]:
+        return option_int(name, f"{name}: {description}")
 
     return obj("Non-secret settings, rendered into the ConfigMap every container reads.", {
-        "logLevel": string("LOG_LEVEL: log level of the worker's own loggers.", enum=LOG_LEVELS),
-        "databasePoolSize": env_int("DATABASE_POOL_SIZE", "SQLAlchemy pool size per worker process.", 1, 200),
+        "logLevel": option_choice("LOG_LEVEL", "LOG_LEVEL: log level of the worker's own loggers."),
+        "databasePoolSize": env_int("DATABASE_POOL_SIZE", "SQLAlchemy pool size per worker process."),
         "databaseMaxOverflow": env_int("DATABASE_MAX_OVERFLOW", "connections above the pool size under burst "
-                                       "load.", 0, 200),
-        "databasePoolTimeout": env_int("DATABASE_POOL_TIMEOUT", "seconds to wait for a pooled connection.", 1,
-                                       3600),
-        "redisSocketTimeout": env_int("REDIS_SOCKET_TIMEOUT", "seconds a Redis read/write may block.", 1, 3600),
+                                       "load."),
+        "databasePoolTimeout": env_int("DATABASE_POOL_TIMEOUT", "seconds to wait for a pooled connection."),
+        "redisSocketTimeout": env_int("REDIS_SOCKET_TIMEOUT", "seconds a Redis read/write may block."),
         "redisSocketConnectTimeout": env_int("REDIS_SOCKET_CONNECT_TIMEOUT", "seconds to open a Redis "
-                                             "connection.", 1, 3600),
+                                             "connection."),
         "redisRetryOnTimeout": boolean("REDIS_RETRY_ON_TIMEOUT: retry a Redis command once after a timeout."),
         "redisSocketKeepalive": boolean("REDIS_SOCKET_KEEPALIVE: TCP keepalive on Redis sockets."),
         "redisHealthCheckInterval": env_int("REDIS_HEALTH_CHECK_INTERVAL", "idle seconds after which a pooled "
-                                            "connection is PINGed before use (0 = never).", 0, 3600),
-        "redisMaxConnections": env_int("REDIS_MAX_CONNECTIONS", "upper bound of each Redis connection pool.", 1,
-                                       10000),
+                                            "connection is PINGed before use (0 = never)."),
+        "redisMaxConnections": env_int("REDIS_MAX_CONNECTIONS", "upper bound of each Redis connection pool."),
         "redisKeyPrefix": string("REDIS_KEY_PREFIX: prefix of every Redis key (also of the queue lists KEDA "
-                                 "measures).", pattern=r"^[A-Za-z0-9_.:\-]*$"),
+                                 "measures).", pattern=option_pattern("REDIS_KEY_PREFIX")),
         "brokerVisibilityTimeout": env_int("BROKER_VISIBILITY_TIMEOUT", "seconds before an unacknowledged "
-                                           "message is redelivered; keep it above taskTimeLimit plus "
-                                           "taskMaxCountdown.", 60, 604800),
-        "taskTimeLimit": env_int("TASK_TIME_LIMIT", "hard time limit of a task in seconds.", 1, 86400),
-        "taskSoftTimeLimit": env_int("TASK_SOFT_TIME_LIMIT", "soft time limit of a task in seconds.", 1, 86400),
-        "taskMaxCountdown": env_int("TASK_MAX_COUNTDOWN", "longest countdown/ETA producers use, in seconds.", 0,
-                                    604800),
-        "taskMaxRetries": env_int("TASK_MAX_RETRIES", "automatic retries of a failing task.", 0, 100),
-        "taskRetryBackoffMax": env_int("TASK_RETRY_BACKOFF_MAX", "cap of the retry backoff in seconds.", 1, 86400),
+                                           "message is redelivered; must be above taskTimeLimit plus the larger of "
+                                           "taskMaxCountdown and taskRetryBackoffMax (the render fails otherwise)."),
+        "taskTimeLimit": env_int("TASK_TIME_LIMIT", "hard time limit of a task in seconds."),
+        "taskSoftTimeLimit": env_int("TASK_SOFT_TIME_LIMIT", "soft time limit of a task in seconds."),
+        "taskMaxCountdown": env_int("TASK_MAX_COUNTDOWN", "longest countdown/ETA producers use, in seconds."),
+        "taskMaxRetries": env_int("TASK_MAX_RETRIES", "automatic retries of a failing task."),
+        "taskRetryBackoffMax": env_int("TASK_RETRY_BACKOFF_MAX", "cap of the retry backoff in seconds."),
         "taskAcksLate": boolean("TASK_ACKS_LATE: acknowledge after the task ran (only for idempotent tasks)."),
-        "resultExpires": env_int("RESULT_EXPIRES", "seconds results are kept.", 60, 31536000),
+        "resultExpires": env_int("RESULT_EXPIRES", "seconds results are kept."),
         "workerHeartbeatInterval": env_int("WORKER_HEARTBEAT_INTERVAL", "seconds between heartbeat file "
-                                           "updates.", 1, 3600),
+                                           "updates."),
         "workerHeartbeatMaxAge": env_int("WORKER_HEARTBEAT_MAX_AGE", "age in seconds after which the "
-                                         "healthcheck calls the heartbeat stale.", 2, 86400),
+                                         "healthcheck calls the heartbeat stale."),
         "workerBrokerLostExitAfter": env_int("WORKER_BROKER_LOST_EXIT_AFTER", "seconds without a broker after "
-                                             "which the worker stops beating (0 = never).", 0, 86400),
+                                             "which the worker stops beating (0 = never)."),
         "extra": string_map("Further non-secret variables NAME: value, for options newer than this chart. "
                             "Secret variables are refused here: they belong in the Secret.", False, ENV_NAME),
     }, required=["logLevel"])
@@ -273,11 +307,11 @@ def secret_block() -> dict[str, Any]:
         "existingSecret": string("Existing Secret holding the keys named in secret.keys (and secret.extraKeys); "
                                  "when set, the chart creates no Secret and the value fields below must be "
                                  "empty."),
-        "brokerUrl": string("BROKER_URL for the chart-created Secret (redis:// or rediss://)."),
-        "resultBackend": string("CELERY_RESULT_BACKEND for the chart-created Secret."),
-        "databaseUrl": string("DATABASE_URL (runtime role) for the chart-created Secret."),
-        "migrationDatabaseUrl": string("MIGRATION_DATABASE_URL (table owner) for the chart-created Secret; empty "
-                                       "means DATABASE_URL."),
+        "brokerUrl": option_url("BROKER_URL", "BROKER_URL for the chart-created Secret (redis:// or rediss://)."),
+        "resultBackend": option_url("CELERY_RESULT_BACKEND", "CELERY_RESULT_BACKEND for the chart-created Secret."),
+        "databaseUrl": option_url("DATABASE_URL", "DATABASE_URL (runtime role) for the chart-created Secret."),
+        "migrationDatabaseUrl": option_url("MIGRATION_DATABASE_URL", "MIGRATION_DATABASE_URL (table owner) for the "
+                                           "chart-created Secret; empty means DATABASE_URL."),
         "flowerBasicAuth": string("FLOWER_BASIC_AUTH (user:password[,user:password...]) for the chart-created "
                                   "Secret."),
         "flowerOauth2Key": string("FLOWER_OAUTH2_KEY (OAuth client id) for the chart-created Secret."),
@@ -309,8 +343,8 @@ def secret_block() -> dict[str, Any]:
 def redis_tls_block() -> dict[str, Any]:
     return obj("TLS to Redis (rediss:// URLs): the CA bundle and optional client certificate are mounted "
                "read-only and wired to REDIS_SSL_*.", {
-                   "certReqs": string("REDIS_SSL_CERT_REQS; anything but required skips verification and is "
-                                      "unsafe.", enum=["required", "optional", "none"]),
+                   "certReqs": option_choice("REDIS_SSL_CERT_REQS", "REDIS_SSL_CERT_REQS; anything but required "
+                                             "skips verification and is unsafe."),
                    "ca": obj("CA bundle that signed the Redis server certificate; set at most one source. None "
                              "means the system CAs.", {
                        "existingSecret": string("Existing Secret holding the CA bundle."),
@@ -331,7 +365,7 @@ def flower_block() -> dict[str, Any]:
     return obj("Flower: its own Deployment and Service running the image with `entrypoint.sh flower`.", {
         "enabled": boolean("Run Flower. It turns on task events in every worker, which costs throughput."),
         "replicas": integer("Flower replicas (Flower keeps state in memory: 1 is usual).", 0, 10),
-        "port": integer("FLOWER_PORT: port Flower listens on.", 1, 65535),
+        "port": option_int("FLOWER_PORT", "FLOWER_PORT: port Flower listens on."),
         "urlPrefix": string("URL prefix such as /flower (FLOWER_URL_PREFIX); applied to Flower, its probes and "
                             "the Ingress path.", pattern=r"^/?([A-Za-z0-9_.~\-]+/?)*$"),
         "purgeOfflineWorkers": integer("FLOWER_PURGE_OFFLINE_WORKERS: seconds after which offline workers "

@@ -174,7 +174,8 @@ keeps terminationGraceMarginSeconds at 15 or more, so a derived grace period alw
 {{- $limit = include "tw.memoryKiB" ($pool.resources.limits.memory | default "") -}}
 {{- end -}}
 {{- if and $limit (eq $pool.pool "prefork") -}}
-{{- $_ := set $pool "maxMemoryKiB" (div (mul (int64 $limit) 3) (mul 4 (int64 $pool.concurrency))) -}}
+{{- /* At most the image's maximum of CELERY_WORKER_MAX_MEMORY_PER_CHILD (1 TiB), which it refuses above. */ -}}
+{{- $_ := set $pool "maxMemoryKiB" (min (div (mul (int64 $limit) 3) (mul 4 (int64 $pool.concurrency))) 1073741824) -}}
 {{- else -}}
 {{- $_ := set $pool "maxMemoryKiB" 0 -}}
 {{- end -}}
@@ -185,7 +186,15 @@ keeps terminationGraceMarginSeconds at 15 or more, so a derived grace period alw
 {{- if and $pool.hostname (not (regexMatch "^(([A-Za-z0-9_.@-]|%[%diI])*%[hn]([A-Za-z0-9_.@-]|%[%hndiI])*)$" $pool.hostname)) -}}
 {{- fail (printf "%s: hostname %q has no %%h or %%n (the pod name), so every replica would get the same node name and one pod's preStop drain (cancel_consumer for that node) would stop all of them. Include %%h, e.g. %q, or leave it empty for %s@%%h (%%i is the process index, 0 in every replica)" $label $pool.hostname (printf "%s@%%h" (trimSuffix "@" (regexReplaceAll "@.*$" $pool.hostname ""))) $name) -}}
 {{- end -}}
+{{- /* The image's own rule for CELERY_WORKER_HOSTNAME (config/options.py), also in the schema. */ -}}
+{{- if and $pool.hostname (not (regexMatch `^[A-Za-z0-9_.%\-]+(@[A-Za-z0-9_.%\-]+)?$` $pool.hostname)) -}}
+{{- fail (printf "%s: hostname %q is not a node name the image accepts (CELERY_WORKER_HOSTNAME): letters, digits and _.%%- with at most one @, which needs text on both sides, e.g. %q" $label $pool.hostname (printf "%s@%%h" $name)) -}}
+{{- end -}}
 {{- $_ := set $pool "nodeName" (default (printf "%s@%%h" $name) $pool.hostname) -}}
+{{- /* The image splits CELERY_WORKER_OPTS like a POSIX shell (shlex) and refuses unbalanced quotes or a trailing backslash. */ -}}
+{{- if not (regexMatch `^([^'"\\]|\\[\s\S]|'[^']*'|"([^"\\]|\\[\s\S])*")*$` $pool.extraArgs) -}}
+{{- fail (printf "%s: extraArgs %q cannot be split like a shell line (an unclosed quote, or a backslash at the end); the image would refuse CELERY_WORKER_OPTS. Close the quotes or escape the backslash" $label $pool.extraArgs) -}}
+{{- end -}}
 {{- /* autoscaling */ -}}
 {{- if and $pool.autoscaling.hpa.enabled $pool.autoscaling.keda.enabled -}}
 {{- fail (printf "%s: autoscaling.hpa and autoscaling.keda are both enabled; they would fight over the replica count. Enable one of them" $label) -}}
@@ -465,6 +474,93 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 
 {{/* ---------------------------------------------------------------- validation */}}
 
+{{/*
+Rules of the image's own configuration check (`python -m config check` and `worker-args`, run by entrypoint.sh
+before anything starts; config/loader.py _check_together and config/options.py). A value set that breaks one
+would render fine and then crash-loop every pod and the migration hook, so the render fails instead. Each
+tw.validateValues.* helper prints one message or nothing (Bitnami's common.validations style); per-field bounds
+are in values.schema.json, generated from config/options.py.
+*/}}
+
+{{- define "tw.validateValues.taskTimeLimits" -}}
+{{- $soft := int64 .Values.config.taskSoftTimeLimit -}}
+{{- $hard := int64 .Values.config.taskTimeLimit -}}
+{{- if ge $soft $hard -}}
+config.taskSoftTimeLimit ({{ $soft }}) must be below config.taskTimeLimit ({{ $hard }}): the soft limit (TASK_SOFT_TIME_LIMIT) has to fire before the hard one (TASK_TIME_LIMIT) kills the task. Lower taskSoftTimeLimit or raise taskTimeLimit
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.validateValues.visibilityTimeout" -}}
+{{- $c := .Values.config -}}
+{{- $visibility := int64 $c.brokerVisibilityTimeout -}}
+{{- $wait := max (int64 $c.taskMaxCountdown) (int64 $c.taskRetryBackoffMax) -}}
+{{- $needed := add (int64 $c.taskTimeLimit) $wait -}}
+{{- if le $visibility $needed -}}
+config.brokerVisibilityTimeout ({{ $visibility }}) must be above config.taskTimeLimit + max(config.taskMaxCountdown, config.taskRetryBackoffMax) ({{ int64 $c.taskTimeLimit }} + {{ $wait }} = {{ $needed }}): Redis would deliver a running or waiting (countdown, retry backoff) task a second time. Raise brokerVisibilityTimeout to at least {{ add1 $needed }}
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.validateValues.heartbeat" -}}
+{{- $age := int64 .Values.config.workerHeartbeatMaxAge -}}
+{{- $interval := int64 .Values.config.workerHeartbeatInterval -}}
+{{- if le $age $interval -}}
+config.workerHeartbeatMaxAge ({{ $age }}) must be above config.workerHeartbeatInterval ({{ $interval }}): a healthy worker's heartbeat would look stale and the probes would restart it. Raise workerHeartbeatMaxAge or lower workerHeartbeatInterval
+{{- end -}}
+{{- end -}}
+
+{{/*
+Every variable config/options.py declares (a test renders them all into config.extra and secret.extraKeys, so a
+new option missing here fails there). The chart sets each of them from a value of its own.
+*/}}
+{{- define "tw.imageOptionNames" -}}
+BROKER_URL CELERY_RESULT_BACKEND DATABASE_URL MIGRATION_DATABASE_URL DATABASE_POOL_SIZE DATABASE_MAX_OVERFLOW
+DATABASE_POOL_TIMEOUT REDIS_SOCKET_TIMEOUT REDIS_SOCKET_CONNECT_TIMEOUT REDIS_RETRY_ON_TIMEOUT REDIS_SOCKET_KEEPALIVE
+REDIS_HEALTH_CHECK_INTERVAL REDIS_MAX_CONNECTIONS REDIS_KEY_PREFIX BROKER_VISIBILITY_TIMEOUT REDIS_SSL_CERT_REQS
+REDIS_SSL_CA_CERTS REDIS_SSL_CERTFILE REDIS_SSL_KEYFILE TASK_TIME_LIMIT TASK_SOFT_TIME_LIMIT TASK_MAX_COUNTDOWN
+TASK_MAX_RETRIES TASK_RETRY_BACKOFF_MAX TASK_ACKS_LATE RESULT_EXPIRES LOG_LEVEL CELERY_WORKER_CONCURRENCY
+CELERY_WORKER_PREFETCH_MULTIPLIER CELERY_WORKER_MAX_TASKS_PER_CHILD CELERY_WORKER_MAX_MEMORY_PER_CHILD
+CELERY_WORKER_LOGLEVEL CELERY_WORKER_QUEUES CELERY_WORKER_POOL CELERY_WORKER_HOSTNAME
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT CELERY_WORKER_OPTS WORKER_HEALTH_DIR WORKER_HEARTBEAT_INTERVAL
+WORKER_HEARTBEAT_MAX_AGE WORKER_BROKER_LOST_EXIT_AFTER ENABLE_FLOWER FLOWER_PORT FLOWER_BASIC_AUTH FLOWER_UNAUTHENTICATED
+{{- end -}}
+
+{{/*
+config.extra, secret.extra and secret.extraKeys are for variables the image does not declare (newer options, model
+API keys). One naming a declared variable (or its NAME_FILE form) would silently override the chart's own value,
+past the schema's bounds and the rules above, in some containers only.
+*/}}
+{{- define "tw.validateValues.extraVariables" -}}
+{{- $declared := splitList " " (include "tw.imageOptionNames" . | replace "\n" " ") -}}
+{{- $s := .Values.secret -}}
+{{- $sources := list (list "config.extra" (keys .Values.config.extra)) (list "secret.extra" (keys $s.extra)) (list "secret.extraKeys" $s.extraKeys) -}}
+{{- $taken := list -}}
+{{- range $sources -}}
+{{- $where := index . 0 -}}
+{{- range $name := (index . 1) | sortAlpha -}}
+{{- if or (has $name $declared) (and (hasSuffix "_FILE" $name) (has (trimSuffix "_FILE" $name) $declared)) -}}
+{{- $taken = append $taken (printf "%s.%s" $where $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $taken -}}
+{{ join ", " $taken }}: the image reads these variables and the chart sets each of them from its own value (config.*, secret.*, redisTls.*, workers[].*, flower.*), which the extra one would override past the chart's checks. Set that value instead; the extras are for variables the image does not declare
+{{- end -}}
+{{- end -}}
+
+{{/* All tw.validateValues.* messages, one per line; the render fails when there is any. */}}
+{{- define "tw.validateValues" -}}
+{{- $messages := list
+  (include "tw.validateValues.taskTimeLimits" .)
+  (include "tw.validateValues.visibilityTimeout" .)
+  (include "tw.validateValues.heartbeat" .)
+  (include "tw.validateValues.extraVariables" .)
+-}}
+{{- $messages = without $messages "" -}}
+{{- if $messages -}}
+{{- fail (printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Rules the schema cannot express; each failure names the value to change. */}}
 {{- define "tw.validate" -}}
 {{- $_ := include "tw.pools" . -}}
@@ -507,4 +603,5 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 {{- if and $s.existingSecret (or $s.brokerUrl $s.resultBackend $s.databaseUrl $s.migrationDatabaseUrl $s.flowerBasicAuth $s.flowerOauth2Key $s.flowerOauth2Secret $s.flowerCookieSecret $s.redisPassword $s.extra) -}}
 {{- fail "secret.existingSecret is set together with secret values (brokerUrl, databaseUrl, extra, ...): those would be ignored. Put them into the existing Secret, or leave existingSecret empty" -}}
 {{- end -}}
+{{- include "tw.validateValues" . -}}
 {{- end -}}
