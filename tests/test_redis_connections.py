@@ -109,29 +109,46 @@ def test_tls_with_the_wrong_ca_fails(tls_redis) -> None:
         app.backend.client.ping()
 
 
-@pytest.mark.parametrize("how", [{"REDIS_SSL_CERT_REQS": "none"}, {"URL": "?ssl_cert_reqs=CERT_NONE"},
-                                 {"URL": "?ssl_cert_reqs=none"}])
-def test_tls_unverified_only_when_explicit_and_warned(tls_redis, caplog, how) -> None:
+@pytest.mark.parametrize(("url_query", "env"), [
+    ("", {"REDIS_SSL_CERT_REQS": "none"}),
+    ("?ssl_cert_reqs=CERT_NONE", {}),
+    ("?ssl_cert_reqs=none", {}),
+], ids=["variable", "url-CERT_NONE", "url-none"])
+def test_tls_unverified_only_when_explicit_and_warned(tls_redis, caplog, url_query: str, env: dict[str, str]) -> None:
     url, _ = tls_redis
-    suffix = how.pop("URL", "") if "URL" in how else ""
     with caplog.at_level(logging.WARNING):
-        app = make_app({"BROKER_URL": f"{url}/0{suffix}", "CELERY_RESULT_BACKEND": f"{url}/1{suffix}", **how},
+        app = make_app({"BROKER_URL": f"{url}/0{url_query}", "CELERY_RESULT_BACKEND": f"{url}/1{url_query}", **env},
                        name="tls-none")
         assert app.conf.broker_use_ssl["ssl_cert_reqs"] == ssl.CERT_NONE
+        assert app.conf.redis_backend_use_ssl["ssl_cert_reqs"] == ssl.CERT_NONE
         assert "ssl_cert_reqs" not in app.conf.broker_url
-        roundtrip(app)  # creates the result backend, where Celery would warn again
+        roundtrip(app)  # no CA given: works only because verification is off; Celery would warn again here
     warnings = [r for r in caplog.records if "verif" in r.getMessage() or "ssl_cert_reqs" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert warnings[0].name == "worker.tls" and "verification is OFF" in warnings[0].getMessage()
 
 
-def test_url_cert_reqs_required_with_ca_variable(tls_redis) -> None:
+@pytest.mark.parametrize(("broker_reqs", "backend_reqs"), [("required", "CERT_REQUIRED"),
+                                                         ("CERT_REQUIRED", "required")])
+def test_url_cert_reqs_required_with_ca_variable(tls_redis, broker_reqs: str, backend_reqs: str) -> None:
+    """ssl_cert_reqs=required in the URLs and the CA from REDIS_SSL_CA_CERTS: both are used, and verify."""
     url, pki = tls_redis
-    app = tls_app(url + "", {"REDIS_SSL_CA_CERTS": str(pki.ca_cert)})
-    app2 = make_app({"BROKER_URL": f"{url}/0?ssl_cert_reqs=required", "CELERY_RESULT_BACKEND":
-                     f"{url}/1?ssl_cert_reqs=CERT_REQUIRED", "REDIS_SSL_CA_CERTS": str(pki.ca_cert)})
-    for candidate in (app, app2):
-        roundtrip(candidate)
+
+    def app_with_ca(ca: Path):  # type: ignore[no-untyped-def]
+        return make_app({"BROKER_URL": f"{url}/0?ssl_cert_reqs={broker_reqs}",
+                         "CELERY_RESULT_BACKEND": f"{url}/1?ssl_cert_reqs={backend_reqs}",
+                         "REDIS_SSL_CA_CERTS": str(ca), "REDIS_SOCKET_CONNECT_TIMEOUT": "3",
+                         "REDIS_SOCKET_TIMEOUT": "3"}, name="tls-url-required")
+
+    app = app_with_ca(pki.ca_cert)
+    expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(pki.ca_cert)}
+    assert app.conf.broker_use_ssl == expected
+    assert app.conf.redis_backend_use_ssl == expected
+    assert "ssl_cert_reqs" not in app.conf.broker_url + app.conf.result_backend
+    roundtrip(app)
+    # The same URLs with a CA that did not sign the server's certificate: verification really happens.
+    with pytest.raises(redis.exceptions.ConnectionError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+        app_with_ca(pki.other_ca_cert).backend.client.ping()
 
 
 def test_bad_cert_reqs_in_url_is_a_config_error() -> None:

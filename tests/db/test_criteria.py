@@ -59,13 +59,24 @@ def test_orm_queries_are_filtered_per_tenant(without_rls) -> None:
 
 
 def test_relationship_loads_are_filtered(without_rls) -> None:
-    _db, engine, orgs, ids = without_rls
-    foreign_set = ids[orgs[1]][0]
+    database, engine, orgs, ids = without_rls
+    own_set, foreign_set = ids[orgs[0]][0], ids[orgs[1]][0]
+    # A test of org 1 that points at org 0's set: only possible once the composite foreign key is gone (as in
+    # a database that lost it, or rows written around it). Only the loader criteria can keep it out now.
+    admin = create_engine(database.admin_url, poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.execute(text("alter table test drop constraint fk_test_test_set_same_org"))
+        conn.execute(text("insert into test (organization_id, test_set_id, prompt) values (:o, :s, 'intruder')"),
+                     {"o": orgs[1], "s": own_set})
+        assert conn.scalar(text("select count(*) from test where test_set_id = :s"), {"s": own_set}) == 3 + 1
+    admin.dispose()
     with tenant_session(orgs[0], engine=engine) as db:
-        # A test of org 0 pointing at org 1's set could only exist without the composite FK; the lazy load
-        # still goes through the criteria, so check the normal path and the eager path.
-        test_set = db.scalars(select(TestSet).options(selectinload(TestSet.tests))).first()
-        assert {str(t.organization_id) for t in test_set.tests} == {orgs[0]}
+        lazy = db.get(TestSet, uuid.UUID(own_set)).tests
+        assert {(str(t.organization_id), t.prompt) for t in lazy} == {(orgs[0], f"p{j}") for j in range(3)}
+    with tenant_session(orgs[0], engine=engine) as db:
+        eager = db.scalars(select(TestSet).where(TestSet.id == uuid.UUID(own_set))
+                           .options(selectinload(TestSet.tests))).one().tests
+        assert {(str(t.organization_id), t.prompt) for t in eager} == {(orgs[0], f"p{j}") for j in range(3)}
         assert db.get(TestSet, uuid.UUID(foreign_set)) is None
 
 

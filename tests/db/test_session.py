@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy import create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from worker.db.engine import dispose_engines_after_fork, get_engine, reset_engines
-from worker.db.models import Organization, Test, TestSet
+from worker.db.models import (
+    RLS_TABLES,
+    Endpoint,
+    Organization,
+    Test,
+    TestConfiguration,
+    TestResult,
+    TestRun,
+    TestSet,
+    User,
+)
 from worker.db.session import TENANT_INFO_KEY, set_tenant, tenant_session
 from worker.errors import InvalidTenantError, TenantConflictError, TenantContextError
 
@@ -99,10 +111,39 @@ def test_set_tenant_without_organization_raises(runtime_engine) -> None:
         set_tenant(db, None, str(uuid.uuid4()))
 
 
-def test_runtime_role_without_tenant_sees_nothing(runtime_engine, seeded) -> None:
+@pytest.fixture
+def every_table_has_rows(pgdb, owner_engine) -> Iterator[str]:
+    """A fresh organization with one row in every tenant table, so that "sees nothing" is not "has nothing"."""
+    org = uuid.uuid4()
+    with tenant_session(org, None, engine=owner_engine) as db:
+        db.add(Organization(id=org, name="every table"))
+        db.flush()
+        user = User(organization_id=org, email="someone@example.invalid")
+        test_set = TestSet(organization_id=org, name="every table")
+        endpoint = Endpoint(organization_id=org, name="every table", url="http://127.0.0.1:9/")
+        db.add_all([user, test_set, endpoint])
+        db.flush()
+        test = Test(organization_id=org, test_set_id=test_set.id, prompt="p")
+        config = TestConfiguration(organization_id=org, test_set_id=test_set.id, endpoint_id=endpoint.id)
+        db.add_all([test, config])
+        db.flush()
+        run = TestRun(organization_id=org, test_configuration_id=config.id)
+        db.add(run)
+        db.flush()
+        db.add(TestResult(organization_id=org, test_run_id=run.id, test_id=test.id, status="passed"))
+    admin = create_engine(pgdb.admin_url, poolclass=NullPool)  # a superuser: RLS does not apply
+    with admin.connect() as conn:
+        empty = [table for table in RLS_TABLES if not conn.scalar(text(f'select count(*) from "{table}"'))]
+    admin.dispose()
+    assert empty == [], "the fixture left these tables empty"
+    yield str(org)
+    with tenant_session(org, None, engine=owner_engine) as db:
+        db.execute(delete(Organization))  # this organization only; its rows go with it (ON DELETE CASCADE)
+
+
+def test_runtime_role_without_tenant_sees_nothing(runtime_engine, every_table_has_rows) -> None:
     with runtime_engine.connect() as conn:
-        for table in ("organization", "user", "test_set", "test", "endpoint", "test_configuration", "test_run",
-                      "test_result"):
+        for table in RLS_TABLES:
             assert conn.scalar(text(f'select count(*) from "{table}"')) == 0, table
         # An empty value (what a finished transaction leaves) matches nothing either, and does not raise.
         conn.execute(text("select set_config('app.current_organization', '', true)"))
