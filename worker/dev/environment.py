@@ -60,7 +60,7 @@ def plan(environ: Mapping[str, str], run_dir: Path) -> DevEnvironment:
     """The worker's environment with make run's defaults and derived values; raises ConfigError when the given
     variables are a set make run cannot complete, or any value is invalid."""
     env = dict(environ)
-    real, from_file = read_environment(env)
+    real, from_file = read_environment(dict(environ))  # what the user gave, apart from what is filled in below
 
     def given(name: str) -> bool:
         return any(source.get(name) or source.get(f"{name}_FILE") for source in (real, from_file))
