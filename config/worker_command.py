@@ -1,4 +1,4 @@
-"""The `celery worker` command line built from the validated CELERY_WORKER_* settings."""
+"""The `celery worker` command line built from the validated CELERY_WORKER_* settings (and ENABLE_FLOWER)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from config.spec import ConfigError
 WORKER_OPTIONS = (
     "CELERY_WORKER_CONCURRENCY", "CELERY_WORKER_PREFETCH_MULTIPLIER", "CELERY_WORKER_MAX_TASKS_PER_CHILD",
     "CELERY_WORKER_MAX_MEMORY_PER_CHILD", "CELERY_WORKER_LOGLEVEL", "CELERY_WORKER_QUEUES", "CELERY_WORKER_POOL",
-    "CELERY_WORKER_HOSTNAME", "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "CELERY_WORKER_OPTS",
+    "CELERY_WORKER_HOSTNAME", "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "CELERY_WORKER_OPTS", "ENABLE_FLOWER",
 )
 
 
@@ -30,6 +30,10 @@ def worker_argv(settings: Settings) -> list[str]:
         argv += ["--max-memory-per-child", str(settings.celery_worker_max_memory_per_child)]
     if settings.celery_worker_hostname:
         argv += ["--hostname", settings.celery_worker_hostname]
+    if settings.get("ENABLE_FLOWER") == "yes":
+        # Flower beside the worker: task events from the start, or the tasks run before Flower's first
+        # enable_events broadcast (every few seconds) never show up in it. Costs throughput (see NOTES §3).
+        argv.append("--task-events")
     try:
         argv += shlex.split(settings.celery_worker_opts)
     except ValueError as exc:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from config import ConfigError, mask_url
 from worker.db import MigrationError
+from worker.send import SendUsageError
 
 EX_USAGE = 64
 EX_FAILURE = 1
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except SendUsageError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
         return EX_USAGE
     except MigrationError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)

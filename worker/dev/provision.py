@@ -6,11 +6,15 @@ Names are random so that runs never depend on each other (tests) and the URLs co
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,74 @@ def drop_database(admin_url: str, db: ProvisionedDatabase) -> None:
         for role in (f"{db.name}_app", f"{db.name}_owner"):
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
     engine.dispose()
+
+
+# -- the development database of `make run`, remembered per server ---------------------------------------
+
+def development_database(admin_url: str, state_file: Path) -> dict[str, str]:
+    """The database an earlier `make run` made on this server (admin URL), else a new one.
+
+    ``state_file`` keeps one entry per server, so that switching between the machine's PostgreSQL and the
+    embedded one (WORKER_DEV_EMBEDDED) reuses each server's database instead of leaving one behind per switch.
+    """
+    states = read_development_states(state_file)
+    known = states.get(admin_url)
+    if known is not None:
+        if _database_exists(admin_url, known["name"]):
+            return known
+        # Dropped behind our back (or half made): its roles may still be there.
+        drop_database(admin_url, _as_provisioned(admin_url, known))
+    db = provision_database(admin_url, prefix="twdev")
+    states[admin_url] = {"admin_url": admin_url, "name": db.name, "owner_url": db.owner_url,
+                         "runtime_url": db.runtime_url}
+    write_private_file(state_file, json.dumps({"servers": states}, indent=2))
+    return states[admin_url]
+
+
+def read_development_states(state_file: Path) -> dict[str, dict[str, str]]:
+    """Admin URL -> {name, owner_url, runtime_url}; also reads the one-entry format of earlier versions."""
+    try:
+        data = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        return {}  # unreadable: start over rather than refuse to run
+    if "servers" in data:
+        return dict(data["servers"])
+    return {data["admin_url"]: data} if "admin_url" in data and "name" in data else {}
+
+
+def drop_development_databases(state_file: Path) -> list[str]:
+    """Drop every database (and its roles) recorded in ``state_file`` whose server answers; return their names."""
+    dropped = []
+    for admin_url, state in read_development_states(state_file).items():
+        try:
+            drop_database(admin_url, _as_provisioned(admin_url, state))
+        except OperationalError:
+            continue  # that server is not running (an embedded one, for instance): nothing to drop now
+        dropped.append(state["name"])
+    state_file.unlink(missing_ok=True)
+    return dropped
+
+
+def _as_provisioned(admin_url: str, state: dict[str, str]) -> ProvisionedDatabase:
+    return ProvisionedDatabase(state["name"], state["owner_url"], state["runtime_url"], admin_url)
+
+
+def _database_exists(admin_url: str, name: str) -> bool:
+    engine = create_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("select 1 from pg_database where datname = :n"), {"n": name}).scalar())
+    finally:
+        engine.dispose()
+
+
+def write_private_file(path: Path, content: str) -> None:
+    """Write a file only its owner can read (it holds passwords), replacing any older one atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(content)
+    os.replace(tmp, path)
