@@ -52,5 +52,7 @@ image:
 bench: install
 	$(PY) -m bench.run
 
+# The development databases live on the PostgreSQL server, not under .run: drop them first.
 clean:
+	-[ ! -x $(PY) ] || $(PY) -c 'from pathlib import Path; from worker.dev.provision import drop_development_databases as d; print(*d(Path(".run/dev-database.json")) or ["no development database"], sep="\n")'
 	rm -rf .run .pytest_cache .ruff_cache

@@ -31,10 +31,7 @@ TIMEOUT = 240
 
 # Blocks known to be wrong, each with the reason; strict, so the test fails once the block works and the
 # entry has to go. Keyed by (file, heading) so an edit of the block's text keeps the entry.
-KNOWN_BROKEN = {
-    ("README.md", "Sending a task"): "the snippet uses an undefined `user`; it is being rewritten to be "
-                                     "self-contained (drop this entry when that lands)",
-}
+KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 
 def test_every_command_block_is_marked_run_or_skip_with_a_reason() -> None:
