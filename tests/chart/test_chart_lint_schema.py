@@ -138,8 +138,8 @@ OPTION_VALUES: dict[str, str | None] = {
     "CELERY_WORKER_POOL": "/workerDefaults/pool", "CELERY_WORKER_HOSTNAME": "/workerDefaults/hostname",
     "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "/workerDefaults/softShutdownTimeout",
     "CELERY_WORKER_OPTS": "/workerDefaults/extraArgs",
-    "WORKER_HEALTH_DIR": None,  # always /tmp/worker-health, on the /tmp emptyDir
-    "ENABLE_FLOWER": None,  # always no: Flower is its own Deployment
+    "WORKER_HEALTH_DIR": None,  # always the image's default (FIXED_ENV), on the /tmp emptyDir
+    "ENABLE_FLOWER": None,  # always no (FIXED_ENV): Flower is its own Deployment
     "FLOWER_PORT": "/flower/port", "FLOWER_UNAUTHENTICATED": None,  # from flower.auth.type none
 }
 
@@ -195,3 +195,71 @@ def test_every_rendered_variable_is_an_image_option(render: Any, options: dict[s
         for deployment in rendered.all("Deployment") + rendered.all("Job"):
             unknown |= set(env_of(deployment)) - set(options) - flower_only - model_keys
     assert not unknown, f"variables the image does not read: {sorted(unknown)}"
+
+
+# -- the chart's copies of config/options.py are generated -------------------------------------------------------
+GENERATED = ["values.schema.json", "values.yaml", "files/options.json"]
+
+
+def _check_copy(chart: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(GENERATOR), "--check", "--chart", str(chart)], capture_output=True,
+                          text=True, check=False)
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_a_stale_generated_file_fails_the_check(tmp_path: Path, name: str) -> None:
+    """Editing a generated copy by hand (here: a default in each file) is noticed and named."""
+    import shutil
+
+    copy = tmp_path / "worker"
+    shutil.copytree(CHART, copy)
+    assert _check_copy(copy).returncode == 0, "an unchanged copy of the chart is current"
+    target = copy / name
+    text = target.read_text()
+    edited = text.replace("WORKER_HEARTBEAT_MAX_AGE", "WORKER_HEARTBEAT_MAXAGE", 1) if name.endswith(".json") \
+        else text.replace("  workerHeartbeatMaxAge: 60\n", "  workerHeartbeatMaxAge: 61\n")
+    assert edited != text
+    target.write_text(edited)
+    done = _check_copy(copy)
+    assert done.returncode == 1 and f"{target} is stale" in done.stderr, done.stderr
+
+
+def _generator() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_schema", GENERATOR)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_block_holds_every_option_but_the_listed_ones(options: dict[str, Any]) -> None:
+    """Each option is under config: (as the camelCase of its name), under secret:, or listed with its reason."""
+    generator = _generator()
+    not_in_config = {env for env, path in OPTION_VALUES.items() if path is None or not path.startswith("/config/")}
+    secret = {env for env, option in options.items() if option.secret}
+    assert not_in_config - secret == set(generator.NOT_IN_CONFIG)
+    assert all(generator.config_key(env) == key for key, env in CONFIG_ENV.items())
+    assert generator.config_key("REDIS_SOCKET_CONNECT_TIMEOUT") == "redisSocketConnectTimeout"
+
+
+def test_health_dir_is_the_image_default_below_the_tmp_mount(options: dict[str, Any]) -> None:
+    from chart_support import FIXED_ENV
+
+    assert FIXED_ENV["WORKER_HEALTH_DIR"] == options["WORKER_HEALTH_DIR"].default
+    assert FIXED_ENV["WORKER_HEALTH_DIR"].startswith("/tmp/")
+    assert "/tmp/worker-health" not in (CHART / "templates" / "_helpers.tpl").read_text()
+
+
+def test_chart_hostname_rule_is_the_image_rule_plus_the_pod_name(options: dict[str, Any]) -> None:
+    """Same characters as CELERY_WORKER_HOSTNAME; stricter only in demanding %h or %n (docs/helm.md says why)."""
+    chart = re.compile(_node("/workerDefaults/hostname")["pattern"])
+    image = options["CELERY_WORKER_HOSTNAME"].parser.regex
+    for code in range(32, 127):
+        char = chr(code)
+        if char in "%@":
+            continue
+        for name in (f"w{char}x@%h", f"w@{char}%h"):
+            assert bool(chart.fullmatch(name)) == bool(image.fullmatch(name)), name
+    assert image.fullmatch("worker@tenant") and not chart.fullmatch("worker@tenant")

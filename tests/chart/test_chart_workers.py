@@ -7,7 +7,10 @@ from typing import Any
 import pytest
 from chart_support import FULLNAME, VALUE_SETS, container, env_of, pod_spec
 
+from config.options import BY_NAME
+
 HEALTHCHECK = ["/usr/local/bin/entrypoint.sh", "healthcheck"]
+HEALTH_DIR = BY_NAME["WORKER_HEALTH_DIR"].default  # the image's default, on the pods' /tmp emptyDir
 SECRET_ENV = {
     "BROKER_URL": ("secret", FULLNAME, "BROKER_URL", False),
     "CELERY_RESULT_BACKEND": ("secret", FULLNAME, "CELERY_RESULT_BACKEND", False),
@@ -85,7 +88,7 @@ def test_every_config_value_reaches_the_configmap(render: Any) -> None:
         "TASK_TIME_LIMIT": "1800", "TASK_SOFT_TIME_LIMIT": "1700", "TASK_MAX_COUNTDOWN": "900",
         "TASK_MAX_RETRIES": "7", "TASK_RETRY_BACKOFF_MAX": "120", "TASK_ACKS_LATE": "yes", "RESULT_EXPIRES": "7200",
         "WORKER_HEARTBEAT_INTERVAL": "5", "WORKER_HEARTBEAT_MAX_AGE": "40",
-        "WORKER_BROKER_LOST_EXIT_AFTER": "86400", "WORKER_HEALTH_DIR": "/tmp/worker-health",
+        "WORKER_BROKER_LOST_EXIT_AFTER": "86400", "WORKER_HEALTH_DIR": HEALTH_DIR,
         "ENABLE_FLOWER": "no", "REDIS_SSL_CERT_REQS": "required", "SOME_NEW_OPTION": "on",
     }
 

@@ -1,5 +1,16 @@
 #!/usr/bin/env python3
-"""Write helm/worker/values.schema.json (JSON Schema draft-07, read by helm 3 and 4).
+"""Write the chart's copies of config/options.py: values.schema.json, the `config:` block of values.yaml and
+files/options.json.
+
+config/options.py declares every variable of the image once; the chart must not repeat any of it by hand:
+
+* values.schema.json (JSON Schema draft-07, read by helm 3 and 4): bounds, choices and patterns of every value
+  that sets an image variable come from the option's parser;
+* values.yaml, between the BEGIN/END marker comments of `config:`: one key per option the chart exposes there
+  (camelCase of the variable name), its default and its `# --` help line;
+* files/options.json, read by `tw.configData` in _helpers.tpl and by the chart tests: which `config:` key sets
+  which variable as which type, the variables the chart fixes itself, the names the image declares, and the
+  hostname patterns the template repeats for `--skip-schema-validation`.
 
 The schema is generated so that the worker-pool settings are declared once and reused for `workerDefaults`
 (every key required) and for each entry of `workers` (every key optional, `name` required). Every object the
@@ -7,34 +18,45 @@ chart defines rejects unknown keys and every value carries a description. Kubern
 (affinity, tolerations, env entries, ...) are typed loosely here and validated against the Kubernetes schema
 by the chart tests after rendering.
 
-    python helm/worker/hack/generate_schema.py          # rewrite the file
-    python helm/worker/hack/generate_schema.py --check  # exit 1 when the file is stale (used by the tests)
+    python helm/worker/hack/generate_schema.py          # rewrite the files
+    python helm/worker/hack/generate_schema.py --check  # exit 1 when any is stale (used by the tests)
+    python helm/worker/hack/generate_schema.py --check --chart DIR  # the same for a copy of the chart
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 CHART = Path(__file__).resolve().parent.parent
-TARGET = CHART / "values.schema.json"
 sys.path.insert(0, str(CHART.parent.parent))
 
 # The image's declared variables: bounds, choices and patterns of the values that set them come from there, so
 # the schema refuses what `python -m config check` would refuse at start-up.
-from config.options import BY_NAME  # noqa: E402 - needs the repository root on sys.path
+from config.options import BY_NAME, OPTIONS  # noqa: E402 - needs the repository root on sys.path
+from config.spec import Boolean, Choice, Integer, Option, Pattern  # noqa: E402
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUEUE = r"^[A-Za-z0-9_.:\-]+$"
+# The image's queue-name rule (CELERY_WORKER_QUEUES checks each word with this compiled pattern's match).
+QUEUE = BY_NAME["CELERY_WORKER_QUEUES"].parser.valid.__self__.pattern
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-# Empty, or a Celery node name with %h or %n (the pod name; not escaped as %%), so every replica gets its own.
-# %i and %I expand to the process index, the same "0" in every replica's main process, and %d to the domain.
-HOSTNAME = r"^(([A-Za-z0-9_.@\-]|%[%diI])*%[hn]([A-Za-z0-9_.@\-]|%[%hndiI])*)?$"
 LOG_LEVELS = list(BY_NAME["LOG_LEVEL"].parser.choices)
+
+# -- hostname: one character class, two rules ---------------------------------------------------------------
+# The image accepts any node name made of NODE_CHARS with at most one @ (its CELERY_WORKER_HOSTNAME Pattern). The
+# chart is stricter: a name of its own must contain %h or %n (the pod name; not escaped as %%), so every replica
+# gets its own node name. The preStop drain cancels the consumer of the pod's node name; with a name shared by
+# all replicas one pod's drain would stop every replica. %i and %I expand to the process index, the same "0" in
+# every replica's main process, and %d to the domain, so neither makes a name unique.
+NODE_CHARS = re.match(r"\[([^\]]+)\]", BY_NAME["CELERY_WORKER_HOSTNAME"].parser.regex.pattern).group(1)
+_LITERAL = NODE_CHARS.replace("%", "") + "@"  # "%" only as the start of an expansion here; @ checked by the image
+HOSTNAME = rf"^(([{_LITERAL}]|%[%diI])*%[hn]([{_LITERAL}]|%[%hndiI])*)?$"
 
 
 # -- building blocks ------------------------------------------------------------------------------------------
@@ -255,48 +277,123 @@ def worker_entry() -> dict[str, Any]:
     return obj("One worker pool (a Deployment); keys left out come from workerDefaults.", props, required=["name"])
 
 
-# -- everything else --------------------------------------------------------------------------------------------
+# -- the config block: every option the chart exposes under `config:` ---------------------------------------
+# Options that are not under `config:`, and why. Everything else that is not secret is there, under the camelCase
+# of its name (config_key); secret options (URLs, credentials) are under `secret:`.
+NOT_IN_CONFIG: dict[str, str] = {
+    **{option.name: "per worker pool: workerDefaults / workers[]" for option in OPTIONS if option.group == "worker"},
+    "REDIS_SSL_CERT_REQS": "redisTls.certReqs, beside the CA and client certificate it applies to",
+    "REDIS_SSL_CA_CERTS": "path of the CA bundle the chart mounts from redisTls.ca",
+    "REDIS_SSL_CERTFILE": "path of the client certificate the chart mounts from redisTls.clientCert",
+    "REDIS_SSL_KEYFILE": "path of the client key the chart mounts from redisTls.clientCert",
+    "WORKER_HEALTH_DIR": "fixed to the image's default (FIXED), which lies on the /tmp emptyDir",
+    "ENABLE_FLOWER": "fixed to no (FIXED): Flower runs as its own Deployment (flower.enabled)",
+    "FLOWER_PORT": "flower.port, beside the Service and probes that use it",
+    "FLOWER_UNAUTHENTICATED": "set by the Flower Deployment from flower.auth.type none",
+}
+# Variables the chart sets itself in the ConfigMap, whatever the values say.
+FIXED: dict[str, str] = {
+    "WORKER_HEALTH_DIR": BY_NAME["WORKER_HEALTH_DIR"].default or "",
+    "ENABLE_FLOWER": "no",
+}
+# The worker pods mount their writable emptyDir at /tmp (read-only root filesystem): the health directory must
+# lie below it.
+TMP_MOUNT = "/tmp"  # noqa: S108 - the mount path of the pods' emptyDir
+MARK_BEGIN = "  # BEGIN generated by hack/generate_schema.py from config/options.py: edit there, then run it"
+MARK_END = "  # END generated"
+
+
+def config_key(name: str) -> str:
+    """LOG_LEVEL -> logLevel: the one rule from a variable name to its `config:` key."""
+    first, *rest = name.lower().split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+def config_options() -> list[Option]:
+    return [o for o in OPTIONS if not o.secret and o.name not in NOT_IN_CONFIG]
+
+
+def value_type(option: Option) -> str:
+    """How a `config:` value is typed in values.yaml and turned back into the variable's text by tw.configData."""
+    if isinstance(option.parser, Integer):
+        return "integer"
+    if isinstance(option.parser, Boolean):
+        return "boolean"
+    if isinstance(option.parser, (Choice, Pattern)):
+        return "string"
+    raise SystemExit(f"{option.name}: no rule for {type(option.parser).__name__} values in `config:`; add one to "
+                     f"value_type() or list the option in NOT_IN_CONFIG with the reason")
+
+
+def default_value(option: Option) -> Any:
+    kind = value_type(option)
+    if kind == "boolean":
+        return option.parse(option.default or "")
+    if kind == "integer":
+        return option.parse(option.default or "")
+    return option.default or ""
+
+
+def config_property(option: Option) -> dict[str, Any]:
+    description = f"{option.name}: {option.help}"
+    parser = option.parser
+    if isinstance(parser, Integer):
+        return integer(description, parser.minimum, parser.maximum)
+    if isinstance(parser, Boolean):
+        return boolean(description)
+    if isinstance(parser, Choice):
+        return string(description, enum=list(parser.choices))
+    return string(description, pattern=option_pattern(option.name))
+
+
 def config_block() -> dict[str, Any]:
-    def env_int(name: str, description: str) -> dict[str, Any]:
-        return option_int(name, f"{name}: {description}")
-
-    return obj("Non-secret settings, rendered into the ConfigMap every container reads.", {
-        "logLevel": option_choice("LOG_LEVEL", "LOG_LEVEL: log level of the worker's own loggers."),
-        "databasePoolSize": env_int("DATABASE_POOL_SIZE", "SQLAlchemy pool size per worker process."),
-        "databaseMaxOverflow": env_int("DATABASE_MAX_OVERFLOW", "connections above the pool size under burst "
-                                       "load."),
-        "databasePoolTimeout": env_int("DATABASE_POOL_TIMEOUT", "seconds to wait for a pooled connection."),
-        "redisSocketTimeout": env_int("REDIS_SOCKET_TIMEOUT", "seconds a Redis read/write may block."),
-        "redisSocketConnectTimeout": env_int("REDIS_SOCKET_CONNECT_TIMEOUT", "seconds to open a Redis "
-                                             "connection."),
-        "redisRetryOnTimeout": boolean("REDIS_RETRY_ON_TIMEOUT: retry a Redis command once after a timeout."),
-        "redisSocketKeepalive": boolean("REDIS_SOCKET_KEEPALIVE: TCP keepalive on Redis sockets."),
-        "redisHealthCheckInterval": env_int("REDIS_HEALTH_CHECK_INTERVAL", "idle seconds after which a pooled "
-                                            "connection is PINGed before use (0 = never)."),
-        "redisMaxConnections": env_int("REDIS_MAX_CONNECTIONS", "upper bound of each Redis connection pool."),
-        "redisKeyPrefix": string("REDIS_KEY_PREFIX: prefix of every Redis key (also of the queue lists KEDA "
-                                 "measures).", pattern=option_pattern("REDIS_KEY_PREFIX")),
-        "brokerVisibilityTimeout": env_int("BROKER_VISIBILITY_TIMEOUT", "seconds before an unacknowledged "
-                                           "message is redelivered; must be above taskTimeLimit plus the larger of "
-                                           "taskMaxCountdown and taskRetryBackoffMax (the render fails otherwise)."),
-        "taskTimeLimit": env_int("TASK_TIME_LIMIT", "hard time limit of a task in seconds."),
-        "taskSoftTimeLimit": env_int("TASK_SOFT_TIME_LIMIT", "soft time limit of a task in seconds."),
-        "taskMaxCountdown": env_int("TASK_MAX_COUNTDOWN", "longest countdown/ETA producers use, in seconds."),
-        "taskMaxRetries": env_int("TASK_MAX_RETRIES", "automatic retries of a failing task."),
-        "taskRetryBackoffMax": env_int("TASK_RETRY_BACKOFF_MAX", "cap of the retry backoff in seconds."),
-        "taskAcksLate": boolean("TASK_ACKS_LATE: acknowledge after the task ran (only for idempotent tasks)."),
-        "resultExpires": env_int("RESULT_EXPIRES", "seconds results are kept."),
-        "workerHeartbeatInterval": env_int("WORKER_HEARTBEAT_INTERVAL", "seconds between heartbeat file "
-                                           "updates."),
-        "workerHeartbeatMaxAge": env_int("WORKER_HEARTBEAT_MAX_AGE", "age in seconds after which the "
-                                         "healthcheck calls the heartbeat stale."),
-        "workerBrokerLostExitAfter": env_int("WORKER_BROKER_LOST_EXIT_AFTER", "seconds without a broker after "
-                                             "which the worker stops beating (0 = never)."),
-        "extra": string_map("Further non-secret variables NAME: value, for options newer than this chart. "
-                            "Secret variables are refused here: they belong in the Secret.", False, ENV_NAME),
-    }, required=["logLevel"])
+    properties = {config_key(o.name): config_property(o) for o in config_options()}
+    properties["extra"] = string_map("Further non-secret variables NAME: value, for options newer than this chart. "
+                                     "Secret variables are refused here: they belong in the Secret.", False, ENV_NAME)
+    return obj("Non-secret settings, rendered into the ConfigMap every container reads.", properties,
+               required=["logLevel"])
 
 
+def options_table() -> dict[str, Any]:
+    """files/options.json: what the templates and the chart tests read instead of their own copies."""
+    health_dir = FIXED["WORKER_HEALTH_DIR"]
+    if not health_dir.startswith(TMP_MOUNT + "/"):
+        raise SystemExit(f"WORKER_HEALTH_DIR default {health_dir!r} is not below the pods' writable {TMP_MOUNT}")
+    return {
+        "config": {config_key(o.name): {"env": o.name, "type": value_type(o)} for o in config_options()},
+        "fixed": FIXED,
+        "declared": [o.name for o in OPTIONS],
+        "patterns": {"hostname": HOSTNAME, "imageHostname": option_pattern("CELERY_WORKER_HOSTNAME")},
+    }
+
+
+def yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
+
+
+def config_yaml_lines() -> list[str]:
+    lines = [MARK_BEGIN]
+    for option in config_options():
+        lines += textwrap.wrap(f"-- {option.name}: {option.help}", width=116, initial_indent="  # ",
+                               subsequent_indent="  # ", break_on_hyphens=False)
+        lines.append(f"  {config_key(option.name)}: {yaml_scalar(default_value(option))}")
+    return [*lines, MARK_END]
+
+
+def values_yaml(current: str) -> str:
+    """values.yaml with the generated part of `config:` replaced."""
+    lines = current.split("\n")
+    if MARK_BEGIN not in lines or MARK_END not in lines:
+        raise SystemExit(f"values.yaml lacks the marker lines {MARK_BEGIN.strip()!r} / {MARK_END.strip()!r}")
+    begin, end = lines.index(MARK_BEGIN), lines.index(MARK_END)
+    return "\n".join(lines[:begin] + config_yaml_lines() + lines[end + 1:])
+
+
+# -- everything else --------------------------------------------------------------------------------------------
 def secret_block() -> dict[str, Any]:
     key = {"type": "string", "minLength": 1, "pattern": r"^[-._a-zA-Z0-9]+$"}
 
@@ -491,20 +588,33 @@ def schema() -> dict[str, Any]:
     return {"$schema": "http://json-schema.org/draft-07/schema#", "title": "tenant-worker chart values", **top}
 
 
-def render() -> str:
-    return json.dumps(schema(), indent=2, sort_keys=True) + "\n"
+def outputs(chart: Path) -> dict[Path, str]:
+    """Every generated file of `chart` with the text it must have."""
+    values = chart / "values.yaml"
+    return {
+        chart / "values.schema.json": json.dumps(schema(), indent=2, sort_keys=True) + "\n",
+        values: values_yaml(values.read_text()),
+        chart / "files" / "options.json": json.dumps(options_table(), indent=2) + "\n",
+    }
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if not TARGET.is_file() or TARGET.read_text() != text:
-            print(f"{TARGET} is stale: run python {Path(__file__).relative_to(CHART.parent.parent)}",
-                  file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when a generated file is stale")
+    parser.add_argument("--chart", type=Path, default=CHART, help="chart directory (default: this chart)")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in outputs(args.chart).items():
+        if path.is_file() and path.read_text() == text:
+            continue
+        if args.check:
+            stale.append(path)
+        else:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text)
+    for path in stale:
+        print(f"{path} is stale: run python helm/worker/hack/generate_schema.py", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ older helm 3 releases let it ignore false and 0.
 
 {{/*
 tw.pools -> JSON {"pools": [...]}: every entry of .Values.workers merged over workerDefaults, validated, with
-derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName.
+derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName, autoscaled. Value patterns and bounds are the
+schema's (generated from config/options.py); the tw.validatePool.* helpers below hold the rules across values.
 */}}
 {{- define "tw.pools" -}}
 {{- $root := . -}}
@@ -134,94 +135,132 @@ derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName.
 {{- fail (printf "workers[%d]: the pool name %q is used twice; names must be unique" $i $name) -}}
 {{- end -}}
 {{- $_ := set $seen $name true -}}
-{{- $label := printf "workers[%s]" $name -}}
 {{- $_ := set $pool "fullName" (include "tw.componentName" (list $root (printf "worker-%s" $name))) -}}
-{{- if hasKey $deployments $pool.fullName -}}
-{{- fail (printf "%s: its Deployment name %q (names are cut to 63 characters) is also the name of %s; the objects would overwrite each other. Shorten the release name, fullnameOverride/nameOverride or the pool names so the names differ within 63 characters" $label $pool.fullName (get $deployments $pool.fullName)) -}}
+{{- $ctx := dict "root" $root "pool" $pool "label" (printf "workers[%s]" $name) "deployments" $deployments -}}
+{{- range $rule := list "deploymentName" "queues" "gracePeriod" "hostname" "extraArgs" "autoscaling" -}}
+{{- with include (printf "tw.validatePool.%s" $rule) $ctx -}}
+{{- fail . -}}
+{{- end -}}
 {{- end -}}
 {{- $_ := set $deployments $pool.fullName (printf "pool %q" $name) -}}
-{{- if not $pool.queues -}}
-{{- fail (printf "%s: queues is empty; a pool must consume at least one queue" $label) -}}
-{{- end -}}
-{{- /* shutdown contract */ -}}
-{{- /* The shutdown itself (drain, then soft shutdown) plus at least 15 s for the process to exit (the schema
-keeps terminationGraceMarginSeconds at 15 or more, so a derived grace period always meets it). */ -}}
-{{- $exitMargin := 15 -}}
-{{- $soft := int64 $pool.softShutdownTimeout -}}
-{{- $shutdown := $soft -}}
-{{- if $pool.preStopDrain -}}
-{{- $shutdown = mul $soft 2 -}}
-{{- end -}}
-{{- $needed := add $shutdown $exitMargin -}}
-{{- if kindIs "invalid" $pool.terminationGracePeriodSeconds -}}
-{{- $_ := set $pool "gracePeriod" (add $shutdown (int64 $pool.terminationGraceMarginSeconds)) -}}
-{{- else -}}
-{{- $grace := int64 $pool.terminationGracePeriodSeconds -}}
-{{- if lt $grace $needed -}}
-{{- if $pool.preStopDrain -}}
-{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: the preStop drain may wait softShutdownTimeout=%d s, then the soft shutdown gets another %d s, plus %d s for the worker to exit); running tasks would be killed. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it), lower softShutdownTimeout, or set preStopDrain: false" $label $grace $needed $soft $soft $exitMargin $needed) -}}
-{{- else -}}
-{{- fail (printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: softShutdownTimeout=%d s plus %d s for the worker to exit); running tasks would be killed before the soft shutdown ends. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it) or lower softShutdownTimeout" $label $grace $needed $soft $exitMargin $needed) -}}
-{{- end -}}
-{{- end -}}
-{{- $_ := set $pool "gracePeriod" $grace -}}
-{{- end -}}
-{{- /* memory per child */ -}}
-{{- $maxMem := $pool.maxMemoryPerChild -}}
-{{- if eq (toString $maxMem) "auto" -}}
-{{- $limit := "" -}}
-{{- if and $pool.resources $pool.resources.limits -}}
-{{- $limit = include "tw.memoryKiB" ($pool.resources.limits.memory | default "") -}}
-{{- end -}}
-{{- if and $limit (eq $pool.pool "prefork") -}}
-{{- /* At most the image's maximum of CELERY_WORKER_MAX_MEMORY_PER_CHILD (1 TiB), which it refuses above. */ -}}
-{{- $_ := set $pool "maxMemoryKiB" (min (div (mul (int64 $limit) 3) (mul 4 (int64 $pool.concurrency))) 1073741824) -}}
-{{- else -}}
-{{- $_ := set $pool "maxMemoryKiB" 0 -}}
-{{- end -}}
-{{- else -}}
-{{- $_ := set $pool "maxMemoryKiB" (int64 $maxMem) -}}
-{{- end -}}
-{{- /* The schema checks this too; the template repeats it for --skip-schema-validation. */ -}}
-{{- if and $pool.hostname (not (regexMatch "^(([A-Za-z0-9_.@-]|%[%diI])*%[hn]([A-Za-z0-9_.@-]|%[%hndiI])*)$" $pool.hostname)) -}}
-{{- fail (printf "%s: hostname %q has no %%h or %%n (the pod name), so every replica would get the same node name and one pod's preStop drain (cancel_consumer for that node) would stop all of them. Include %%h, e.g. %q, or leave it empty for %s@%%h (%%i is the process index, 0 in every replica)" $label $pool.hostname (printf "%s@%%h" (trimSuffix "@" (regexReplaceAll "@.*$" $pool.hostname ""))) $name) -}}
-{{- end -}}
-{{- /* The image's own rule for CELERY_WORKER_HOSTNAME (config/options.py), also in the schema. */ -}}
-{{- if and $pool.hostname (not (regexMatch `^[A-Za-z0-9_.%\-]+(@[A-Za-z0-9_.%\-]+)?$` $pool.hostname)) -}}
-{{- fail (printf "%s: hostname %q is not a node name the image accepts (CELERY_WORKER_HOSTNAME): letters, digits and _.%%- with at most one @, which needs text on both sides, e.g. %q" $label $pool.hostname (printf "%s@%%h" $name)) -}}
-{{- end -}}
+{{- $_ := set $pool "gracePeriod" (include "tw.pool.gracePeriod" $pool | int64) -}}
+{{- $_ := set $pool "maxMemoryKiB" (include "tw.pool.maxMemoryKiB" $pool | int64) -}}
 {{- $_ := set $pool "nodeName" (default (printf "%s@%%h" $name) $pool.hostname) -}}
-{{- /* The image splits CELERY_WORKER_OPTS like a POSIX shell (shlex) and refuses unbalanced quotes or a trailing backslash. */ -}}
-{{- if not (regexMatch `^([^'"\\]|\\[\s\S]|'[^']*'|"([^"\\]|\\[\s\S])*")*$` $pool.extraArgs) -}}
-{{- fail (printf "%s: extraArgs %q cannot be split like a shell line (an unclosed quote, or a backslash at the end); the image would refuse CELERY_WORKER_OPTS. Close the quotes or escape the backslash" $label $pool.extraArgs) -}}
-{{- end -}}
-{{- /* autoscaling */ -}}
-{{- if and $pool.autoscaling.hpa.enabled $pool.autoscaling.keda.enabled -}}
-{{- fail (printf "%s: autoscaling.hpa and autoscaling.keda are both enabled; they would fight over the replica count. Enable one of them" $label) -}}
-{{- end -}}
-{{- if $pool.autoscaling.hpa.enabled -}}
-{{- if gt (int64 $pool.autoscaling.hpa.minReplicas) (int64 $pool.autoscaling.hpa.maxReplicas) -}}
-{{- fail (printf "%s: autoscaling.hpa.minReplicas is above maxReplicas" $label) -}}
-{{- end -}}
-{{- if not (or $pool.autoscaling.hpa.targetCPUUtilizationPercentage $pool.autoscaling.hpa.targetMemoryUtilizationPercentage) -}}
-{{- fail (printf "%s: autoscaling.hpa needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" $label) -}}
-{{- end -}}
-{{- end -}}
-{{- if $pool.autoscaling.keda.enabled -}}
-{{- if and $root.Values.keda.redis.usePassword (not $root.Values.secret.existingSecret) (not $root.Values.secret.redisPassword) -}}
-{{- fail (printf "%s: autoscaling.keda reads the Redis password from the Secret, but secret.redisPassword is empty; set it (or use secret.existingSecret with REDIS_PASSWORD), or set keda.redis.usePassword=false for a Redis without a password" $label) -}}
-{{- end -}}
-{{- if not $root.Values.keda.redis.address -}}
-{{- fail (printf "%s: autoscaling.keda is enabled but keda.redis.address (host:port of the broker Redis) is empty" $label) -}}
-{{- end -}}
-{{- if gt (int64 $pool.autoscaling.keda.minReplicaCount) (int64 $pool.autoscaling.keda.maxReplicaCount) -}}
-{{- fail (printf "%s: autoscaling.keda.minReplicaCount is above maxReplicaCount" $label) -}}
-{{- end -}}
-{{- end -}}
 {{- $_ := set $pool "autoscaled" (or $pool.autoscaling.hpa.enabled $pool.autoscaling.keda.enabled) -}}
 {{- $pools = append $pools $pool -}}
 {{- end -}}
 {{- toJson (dict "pools" $pools) -}}
+{{- end -}}
+
+{{/* Seconds the shutdown of a pool's pod takes: the soft shutdown, twice with the preStop drain. */}}
+{{- define "tw.pool.shutdownSeconds" -}}
+{{- $soft := int64 .softShutdownTimeout -}}
+{{- if .preStopDrain }}{{ mul $soft 2 }}{{ else }}{{ $soft }}{{ end -}}
+{{- end -}}
+
+{{/* The pool's grace period: the explicit one, or the shutdown plus terminationGraceMarginSeconds. */}}
+{{- define "tw.pool.gracePeriod" -}}
+{{- if kindIs "invalid" .terminationGracePeriodSeconds -}}
+{{- add (include "tw.pool.shutdownSeconds" . | int64) (int64 .terminationGraceMarginSeconds) -}}
+{{- else -}}
+{{- int64 .terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/* CELERY_WORKER_MAX_MEMORY_PER_CHILD in KiB; "auto": 75% of the memory limit shared by a prefork pool. */}}
+{{- define "tw.pool.maxMemoryKiB" -}}
+{{- if eq (toString .maxMemoryPerChild) "auto" -}}
+{{- $limit := "" -}}
+{{- if and .resources .resources.limits -}}
+{{- $limit = include "tw.memoryKiB" (.resources.limits.memory | default "") -}}
+{{- end -}}
+{{- if and $limit (eq .pool "prefork") -}}
+{{- /* At most the image's maximum of CELERY_WORKER_MAX_MEMORY_PER_CHILD (1 TiB), which it refuses above. */ -}}
+{{- min (div (mul (int64 $limit) 3) (mul 4 (int64 .concurrency))) 1073741824 -}}
+{{- else -}}
+0
+{{- end -}}
+{{- else -}}
+{{- int64 .maxMemoryPerChild -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+tw.validatePool.* (dict "root" $ "pool" POOL "label" "workers[NAME]" "deployments" NAME->OWNER): one message or
+nothing each, like tw.validateValues.*; tw.pools fails with the first message of a pool.
+*/}}
+{{- define "tw.validatePool.deploymentName" -}}
+{{- with get .deployments .pool.fullName -}}
+{{ $.label }}: its Deployment name {{ $.pool.fullName | quote }} (names are cut to 63 characters) is also the name of {{ . }}; the objects would overwrite each other. Shorten the release name, fullnameOverride/nameOverride or the pool names so the names differ within 63 characters
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.validatePool.queues" -}}
+{{- if not .pool.queues -}}
+{{ .label }}: queues is empty; a pool must consume at least one queue
+{{- end -}}
+{{- end -}}
+
+{{/*
+The shutdown itself (drain, then soft shutdown) plus at least 15 s for the process to exit (the schema keeps
+terminationGraceMarginSeconds at 15 or more, so a derived grace period always meets it).
+*/}}
+{{- define "tw.validatePool.gracePeriod" -}}
+{{- $pool := .pool -}}
+{{- if not (kindIs "invalid" $pool.terminationGracePeriodSeconds) -}}
+{{- $exitMargin := 15 -}}
+{{- $soft := int64 $pool.softShutdownTimeout -}}
+{{- $needed := add (include "tw.pool.shutdownSeconds" $pool | int64) $exitMargin -}}
+{{- $grace := int64 $pool.terminationGracePeriodSeconds -}}
+{{- if lt $grace $needed -}}
+{{- if $pool.preStopDrain -}}
+{{ printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: the preStop drain may wait softShutdownTimeout=%d s, then the soft shutdown gets another %d s, plus %d s for the worker to exit); running tasks would be killed. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it), lower softShutdownTimeout, or set preStopDrain: false" .label $grace $needed $soft $soft $exitMargin $needed }}
+{{- else -}}
+{{ printf "%s: terminationGracePeriodSeconds (%d) is shorter than the shutdown needs (%d s: softShutdownTimeout=%d s plus %d s for the worker to exit); running tasks would be killed before the soft shutdown ends. Raise terminationGracePeriodSeconds to at least %d (or leave it null to derive it) or lower softShutdownTimeout" .label $grace $needed $soft $exitMargin $needed }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The schema checks both hostname rules too; the template repeats them (same generated patterns) for
+--skip-schema-validation.
+*/}}
+{{- define "tw.validatePool.hostname" -}}
+{{- $hostname := .pool.hostname -}}
+{{- $patterns := (include "tw.options" .root | fromJson).patterns -}}
+{{- $name := .pool.name -}}
+{{- if and $hostname (not (regexMatch $patterns.hostname $hostname)) -}}
+{{ printf "%s: hostname %q has no %%h or %%n (the pod name), so every replica would get the same node name and one pod's preStop drain (cancel_consumer for that node) would stop all of them. Include %%h, e.g. %q, or leave it empty for %s@%%h (%%i is the process index, 0 in every replica)" .label $hostname (printf "%s@%%h" (trimSuffix "@" (regexReplaceAll "@.*$" $hostname ""))) $name }}
+{{- else if and $hostname (not (regexMatch $patterns.imageHostname $hostname)) -}}
+{{ printf "%s: hostname %q is not a node name the image accepts (CELERY_WORKER_HOSTNAME): letters, digits and _.%%- with at most one @, which needs text on both sides, e.g. %q" .label $hostname (printf "%s@%%h" $name) }}
+{{- end -}}
+{{- end -}}
+
+{{/* The image splits CELERY_WORKER_OPTS like a POSIX shell (shlex) and refuses unbalanced quotes or a trailing backslash. */}}
+{{- define "tw.validatePool.extraArgs" -}}
+{{- if not (regexMatch `^([^'"\\]|\\[\s\S]|'[^']*'|"([^"\\]|\\[\s\S])*")*$` .pool.extraArgs) -}}
+{{ printf "%s: extraArgs %q cannot be split like a shell line (an unclosed quote, or a backslash at the end); the image would refuse CELERY_WORKER_OPTS. Close the quotes or escape the backslash" .label .pool.extraArgs }}
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.validatePool.autoscaling" -}}
+{{- $a := .pool.autoscaling -}}
+{{- $keda := .root.Values.keda.redis -}}
+{{- $s := .root.Values.secret -}}
+{{- if and $a.hpa.enabled $a.keda.enabled -}}
+{{ .label }}: autoscaling.hpa and autoscaling.keda are both enabled; they would fight over the replica count. Enable one of them
+{{- else if and $a.hpa.enabled (gt (int64 $a.hpa.minReplicas) (int64 $a.hpa.maxReplicas)) -}}
+{{ .label }}: autoscaling.hpa.minReplicas is above maxReplicas
+{{- else if and $a.hpa.enabled (not (or $a.hpa.targetCPUUtilizationPercentage $a.hpa.targetMemoryUtilizationPercentage)) -}}
+{{ .label }}: autoscaling.hpa needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage
+{{- else if and $a.keda.enabled $keda.usePassword (not $s.existingSecret) (not $s.redisPassword) -}}
+{{ .label }}: autoscaling.keda reads the Redis password from the Secret, but secret.redisPassword is empty; set it (or use secret.existingSecret with REDIS_PASSWORD), or set keda.redis.usePassword=false for a Redis without a password
+{{- else if and $a.keda.enabled (not $keda.address) -}}
+{{ .label }}: autoscaling.keda is enabled but keda.redis.address (host:port of the broker Redis) is empty
+{{- else if and $a.keda.enabled (gt (int64 $a.keda.minReplicaCount) (int64 $a.keda.maxReplicaCount)) -}}
+{{ .label }}: autoscaling.keda.minReplicaCount is above maxReplicaCount
+{{- end -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------- configuration */}}
@@ -230,35 +269,32 @@ keeps terminationGraceMarginSeconds at 15 or more, so a derived grace period alw
 {{- if . }}yes{{ else }}no{{ end -}}
 {{- end -}}
 
+{{/*
+files/options.json, generated from config/options.py by hack/generate_schema.py: which config.* key sets which
+variable as which type, the variables the chart fixes, every declared variable, and the hostname patterns.
+*/}}
+{{- define "tw.options" -}}
+{{- .Files.Get "files/options.json" -}}
+{{- end -}}
+
 {{/* Non-secret settings as NAME -> string (JSON); the ConfigMap and the migration Job share it. */}}
 {{- define "tw.configData" -}}
 {{- $c := .Values.config -}}
-{{- $data := dict
-  "LOG_LEVEL" $c.logLevel
-  "DATABASE_POOL_SIZE" (toString (int64 $c.databasePoolSize))
-  "DATABASE_MAX_OVERFLOW" (toString (int64 $c.databaseMaxOverflow))
-  "DATABASE_POOL_TIMEOUT" (toString (int64 $c.databasePoolTimeout))
-  "REDIS_SOCKET_TIMEOUT" (toString (int64 $c.redisSocketTimeout))
-  "REDIS_SOCKET_CONNECT_TIMEOUT" (toString (int64 $c.redisSocketConnectTimeout))
-  "REDIS_RETRY_ON_TIMEOUT" (include "tw.yesno" $c.redisRetryOnTimeout)
-  "REDIS_SOCKET_KEEPALIVE" (include "tw.yesno" $c.redisSocketKeepalive)
-  "REDIS_HEALTH_CHECK_INTERVAL" (toString (int64 $c.redisHealthCheckInterval))
-  "REDIS_MAX_CONNECTIONS" (toString (int64 $c.redisMaxConnections))
-  "REDIS_KEY_PREFIX" $c.redisKeyPrefix
-  "BROKER_VISIBILITY_TIMEOUT" (toString (int64 $c.brokerVisibilityTimeout))
-  "TASK_TIME_LIMIT" (toString (int64 $c.taskTimeLimit))
-  "TASK_SOFT_TIME_LIMIT" (toString (int64 $c.taskSoftTimeLimit))
-  "TASK_MAX_COUNTDOWN" (toString (int64 $c.taskMaxCountdown))
-  "TASK_MAX_RETRIES" (toString (int64 $c.taskMaxRetries))
-  "TASK_RETRY_BACKOFF_MAX" (toString (int64 $c.taskRetryBackoffMax))
-  "TASK_ACKS_LATE" (include "tw.yesno" $c.taskAcksLate)
-  "RESULT_EXPIRES" (toString (int64 $c.resultExpires))
-  "WORKER_HEALTH_DIR" "/tmp/worker-health"
-  "WORKER_HEARTBEAT_INTERVAL" (toString (int64 $c.workerHeartbeatInterval))
-  "WORKER_HEARTBEAT_MAX_AGE" (toString (int64 $c.workerHeartbeatMaxAge))
-  "WORKER_BROKER_LOST_EXIT_AFTER" (toString (int64 $c.workerBrokerLostExitAfter))
-  "ENABLE_FLOWER" "no"
--}}
+{{- $options := include "tw.options" . | fromJson -}}
+{{- $data := dict -}}
+{{- range $key, $option := $options.config -}}
+{{- $value := get $c $key -}}
+{{- if eq $option.type "integer" -}}
+{{- $_ := set $data $option.env (toString (int64 $value)) -}}
+{{- else if eq $option.type "boolean" -}}
+{{- $_ := set $data $option.env (include "tw.yesno" $value) -}}
+{{- else -}}
+{{- $_ := set $data $option.env (toString $value) -}}
+{{- end -}}
+{{- end -}}
+{{- range $name, $value := $options.fixed -}}
+{{- $_ := set $data $name $value -}}
+{{- end -}}
 {{- range $k, $v := $c.extra -}}
 {{- $_ := set $data $k (toString $v) -}}
 {{- end -}}
@@ -509,28 +545,13 @@ config.workerHeartbeatMaxAge ({{ $age }}) must be above config.workerHeartbeatIn
 {{- end -}}
 
 {{/*
-Every variable config/options.py declares (a test renders them all into config.extra and secret.extraKeys, so a
-new option missing here fails there). The chart sets each of them from a value of its own.
-*/}}
-{{- define "tw.imageOptionNames" -}}
-BROKER_URL CELERY_RESULT_BACKEND DATABASE_URL MIGRATION_DATABASE_URL DATABASE_POOL_SIZE DATABASE_MAX_OVERFLOW
-DATABASE_POOL_TIMEOUT REDIS_SOCKET_TIMEOUT REDIS_SOCKET_CONNECT_TIMEOUT REDIS_RETRY_ON_TIMEOUT REDIS_SOCKET_KEEPALIVE
-REDIS_HEALTH_CHECK_INTERVAL REDIS_MAX_CONNECTIONS REDIS_KEY_PREFIX BROKER_VISIBILITY_TIMEOUT REDIS_SSL_CERT_REQS
-REDIS_SSL_CA_CERTS REDIS_SSL_CERTFILE REDIS_SSL_KEYFILE TASK_TIME_LIMIT TASK_SOFT_TIME_LIMIT TASK_MAX_COUNTDOWN
-TASK_MAX_RETRIES TASK_RETRY_BACKOFF_MAX TASK_ACKS_LATE RESULT_EXPIRES LOG_LEVEL CELERY_WORKER_CONCURRENCY
-CELERY_WORKER_PREFETCH_MULTIPLIER CELERY_WORKER_MAX_TASKS_PER_CHILD CELERY_WORKER_MAX_MEMORY_PER_CHILD
-CELERY_WORKER_LOGLEVEL CELERY_WORKER_QUEUES CELERY_WORKER_POOL CELERY_WORKER_HOSTNAME
-CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT CELERY_WORKER_OPTS WORKER_HEALTH_DIR WORKER_HEARTBEAT_INTERVAL
-WORKER_HEARTBEAT_MAX_AGE WORKER_BROKER_LOST_EXIT_AFTER ENABLE_FLOWER FLOWER_PORT FLOWER_BASIC_AUTH FLOWER_UNAUTHENTICATED
-{{- end -}}
-
-{{/*
 config.extra, secret.extra and secret.extraKeys are for variables the image does not declare (newer options, model
 API keys). One naming a declared variable (or its NAME_FILE form) would silently override the chart's own value,
 past the schema's bounds and the rules above, in some containers only.
 */}}
 {{- define "tw.validateValues.extraVariables" -}}
-{{- $declared := splitList " " (include "tw.imageOptionNames" . | replace "\n" " ") -}}
+{{- /* Every variable config/options.py declares (a test renders them all into config.extra and secret.extraKeys). */ -}}
+{{- $declared := (include "tw.options" . | fromJson).declared -}}
 {{- $s := .Values.secret -}}
 {{- $sources := list (list "config.extra" (keys .Values.config.extra)) (list "secret.extra" (keys $s.extra)) (list "secret.extraKeys" $s.extraKeys) -}}
 {{- $taken := list -}}
