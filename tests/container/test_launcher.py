@@ -79,11 +79,15 @@ def test_auto_is_accepted_and_other_words_are_refused():
 
 
 STUB_CELERY = """#!/bin/sh
-# $3 is the celery subcommand: worker or flower. Record the environment and the argv, then exit (also when the
-# supervisor stops this one because the other exited first).
-trap '' TERM
+# $3 is the celery subcommand: worker or flower. Record the environment and the argv, then exit once both did
+# (the first to exit makes the supervisor stop the other).
 env > "$STUB_DIR/$3.env"
 printf '%s\\n' "$@" > "$STUB_DIR/$3.argv"
+for _ in $(seq 100); do
+    [ -e "$STUB_DIR/worker.argv" ] && [ -e "$STUB_DIR/flower.argv" ] && exit 0
+    sleep 0.1
+done
+exit 1
 """
 
 

@@ -21,9 +21,9 @@ EX_USAGE = 64
 CONFIG_COMMANDS = ("check", "table", "worker-args", "update-readme")
 
 
-class _Parser(argparse.ArgumentParser):
+class _ConfigParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        # One line and EX_USAGE, like a bad setting.
+        # `python -m config` always answered a bad command with one line and EX_USAGE, like a bad setting.
         self.exit(EX_USAGE, f"{self.prog}: {message}\n")
 
 
@@ -39,8 +39,10 @@ def _handler(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 def build_parser(command: str | None = None, commands: Sequence[str] | None = None,
                  prog: str = "python -m worker") -> argparse.ArgumentParser:
     """The parser; ``command`` (the first argument) decides whether ``send``'s own options are loaded."""
-    parser = _Parser(prog=prog, description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # `python -m worker` keeps argparse's usage status (2); the `python -m config` alias keeps its 64.
+    parser_class = argparse.ArgumentParser if commands is None else _ConfigParser
+    parser = parser_class(prog=prog, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=parser_class)
 
     def add(name: str, help_text: str, module: str, function: str,
             aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
