@@ -17,6 +17,17 @@ CERT_REQS = ("required", "optional", "none")
 CERT_REQS_ALIASES = {"CERT_REQUIRED": "required", "CERT_OPTIONAL": "optional", "CERT_NONE": "none"}
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$").match
 
+
+class KiBOrAuto(Integer):
+    """KiB, or ``auto``: computed at launch from the container's memory limit (worker/launch/memory.py)."""
+
+    def __init__(self, minimum: int, maximum: int) -> None:
+        super().__init__(minimum, maximum)
+        self.allowed += ", or auto"
+
+    def parse(self, raw: str) -> int | str:  # type: ignore[override]
+        return "auto" if raw.strip().lower() == "auto" else super().parse(raw)
+
 OPTIONS: tuple[Option, ...] = (
     # -- connections -------------------------------------------------------------------------
     Option("BROKER_URL", Url(REDIS_SCHEMES), "redis://localhost:6379/0",
@@ -86,8 +97,9 @@ OPTIONS: tuple[Option, ...] = (
            "Messages reserved per process/thread.", group="worker"),
     Option("CELERY_WORKER_MAX_TASKS_PER_CHILD", Integer(0, 10000000), "1000",
            "Tasks a pool process runs before it is replaced (0 = unlimited).", group="worker"),
-    Option("CELERY_WORKER_MAX_MEMORY_PER_CHILD", Integer(0, 1073741824), "0",
-           "Resident memory in KiB after which a pool process is replaced (0 = unlimited).", group="worker"),
+    Option("CELERY_WORKER_MAX_MEMORY_PER_CHILD", KiBOrAuto(0, 1073741824), "0",
+           "Resident memory in KiB after which a pool process is replaced (0 = unlimited). `auto` = 3/4 of the "
+           "container's memory limit (cgroup) divided by the concurrency, prefork only.", group="worker"),
     Option("CELERY_WORKER_LOGLEVEL", Choice(LOG_LEVELS), "INFO", "Celery worker log level.", group="worker"),
     Option("CELERY_WORKER_QUEUES", WordList(_QUEUE_NAME, "comma-separated queue names [A-Za-z0-9_.:-]"),
            "celery,execution", "Queues this worker consumes.", group="worker"),

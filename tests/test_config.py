@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, load_settings, mask_url
-from config.options import OPTIONS
+from config.options import OPTIONS, KiBOrAuto
 from config.spec import Boolean, Choice, FilePath, Integer, Parser, Pattern, Text, Url, WordList
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +115,7 @@ def test_readme_table_matches_declarations() -> None:
 # A value each kind of parser refuses. A new kind of parser fails the test below until it is listed here.
 REFUSED_BY = {
     Integer: "twelve",
+    KiBOrAuto: "twelve",
     Boolean: "perhaps",
     Choice: "no-such-choice",
     Url: "ftp://h/x",

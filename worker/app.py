@@ -10,6 +10,7 @@ from celery.signals import worker_process_init
 from config import ConfigError, Settings
 from worker import logging_context, tenant  # noqa: F401 - connects the logging and propagation signals
 from worker.celeryconfig import build_celery_config, redis_endpoints
+from worker.health.bootsteps import install_health_checks
 from worker.redis_tls import warn_if_unverified
 from worker.settings import get_settings
 from worker.tenant import lifecycle, propagation  # noqa: F401 - task_prerun/postrun and before_task_publish handlers
@@ -38,8 +39,6 @@ def create_app(settings: Settings | None = None, main: str = "worker") -> Celery
     app.worker_settings = settings
     warn_if_unverified(endpoints)
     app.autodiscover_tasks(["worker"], force=True)
-    from worker.health import install_health_checks
-
     install_health_checks(app)
     return app
 

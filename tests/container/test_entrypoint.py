@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import SLEEP_TASKS, client_for, run_entrypoint, wait_for
+from tests.container.conftest import SLEEP_TASKS, client_for, host_environment, run_entrypoint, wait_for
 from worker.dev.services import free_port, start_redis
 
 pytestmark = pytest.mark.timeout(240)
@@ -327,16 +328,24 @@ def test_healthcheck_follows_a_stopped_and_continued_worker(worker_env, start_en
 
 
 def test_healthcheck_is_cheap(worker_env, start_entrypoint):
-    """No Python, no broker: it answers in well under a second even with the broker unreachable."""
+    """No Celery, no broker: it answers in well under a second even with the broker unreachable."""
     entry = start_entrypoint(worker_env)
     entry.wait_ready()
-    env = {**worker_env, "BROKER_URL": "redis://192.0.2.1:1/0", "PATH": "/usr/bin:/bin"}
+    env = host_environment({**worker_env, "BROKER_URL": "redis://192.0.2.1:1/0"})
     started = time.monotonic()
     done = subprocess.run([str(Path(__file__).resolve().parents[2] / "entrypoint.sh"), "healthcheck"],
                           env=env, capture_output=True, text=True, timeout=10, check=False)
+    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
-    assert time.monotonic() - started < 1.0
+    assert elapsed < 1.0
     assert done.stdout.startswith("healthy")
+    # What it loads: the stdlib, config's declarations and the health files; never Celery, kombu or the app.
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "worker", "healthcheck"], env=env,
+                          capture_output=True, text=True, timeout=10, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()}
+    assert loaded.isdisjoint({"celery", "kombu", "redis", "sqlalchemy", "billiard"}), sorted(loaded)
+    assert "worker.app" not in done.stderr
 
 
 def test_broker_loss_is_survived_briefly_then_bounded(worker_env, start_entrypoint, tmp_path):

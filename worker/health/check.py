@@ -1,0 +1,65 @@
+"""``python -m worker healthcheck [--ready]``: is this container's worker (or Flower) alive?
+
+Cheap by design (it runs every few seconds under load and during broker outages): it reads the health files
+and, in a Flower container, asks Flower's ``/healthcheck`` on loopback. It never imports Celery and never talks
+to the broker. It reads ``WORKER_HEALTH_DIR``, ``WORKER_HEARTBEAT_MAX_AGE``, ``FLOWER_PORT`` and
+``FLOWER_URL_PREFIX`` from the environment only (not from a ``.env`` file); defaults and rules are those of
+``config/options.py``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import time
+from collections.abc import Mapping
+
+from worker.health.files import HEARTBEAT, READY, ROLE, HealthFiles
+
+
+def _setting(name: str, environ: Mapping[str, str]) -> object:
+    from config.options import BY_NAME
+
+    option = BY_NAME[name]
+    return option.parse(environ.get(name, option.default or ""))
+
+
+def healthcheck(ready: bool = False, environ: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """(exit status, one line) for the heartbeat of a worker container, or Flower's answer in a Flower one."""
+    from config.spec import ConfigError
+
+    environ = os.environ if environ is None else environ
+    try:
+        files = HealthFiles(str(_setting("WORKER_HEALTH_DIR", environ)))
+        if files.read(ROLE) == "flower":
+            return flower_healthcheck(int(_setting("FLOWER_PORT", environ)), environ.get("FLOWER_URL_PREFIX", ""))
+        max_age = int(_setting("WORKER_HEARTBEAT_MAX_AGE", environ))
+    except ConfigError as exc:
+        return 1, f"unhealthy: {exc}"
+    try:
+        mtime = files.path(HEARTBEAT).stat().st_mtime
+    except OSError:
+        return 1, (f"unhealthy: no heartbeat file {files.path(HEARTBEAT)} (the worker has not connected yet, "
+                   "or has stopped)")
+    age = int(time.time() - mtime)
+    if age > max_age:
+        return 1, (f"unhealthy: heartbeat is {age}s old (WORKER_HEARTBEAT_MAX_AGE={max_age}s): the consumer is "
+                   "stuck, stopped, or lost the broker")
+    if ready and not files.exists(READY):
+        return 1, "not ready: the worker is not consuming (starting, reconnecting, draining or stopping)"
+    return 0, f"healthy: heartbeat {age}s old"
+
+
+def flower_healthcheck(port: int, prefix: str = "", timeout: float = 5.0) -> tuple[int, str]:
+    path = "/" + "/".join(part for part in (prefix.strip("/"), "healthcheck") if part)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        status = connection.getresponse().status
+    except OSError:
+        return 1, f"unhealthy: Flower does not accept connections on port {port}"
+    finally:
+        connection.close()
+    if status == 200:
+        return 0, f"healthy: Flower answers on port {port}"
+    return 1, f"unhealthy: Flower's /healthcheck answered {status}"
