@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None, main: str = "worker") -> Celery
     app = Celery(main)
     endpoints = redis_endpoints(settings)
     app.conf.update(build_celery_config(settings, endpoints))
+    from worker.message_guard import install_message_guard  # malformed messages: docs/reliability.md
+    install_message_guard(app)
     # On the app object, not in app.conf: `celery inspect conf`, `celery report` and Flower show app.conf.
     app.worker_settings = settings
     warn_if_unverified(endpoints)
