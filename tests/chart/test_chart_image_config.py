@@ -256,11 +256,17 @@ POOL_CASES: dict[str, tuple[dict[str, Any], EnvFor, list[str]]] = {
     **{f"hostname {name!r}": ({"workers": [{"name": "default", "hostname": name}]},
                               in_workers({"CELERY_WORKER_HOSTNAME": name or "default@%h"}), ["hostname"])
        for name in ("", "w@%h", "%h", "w-%n@%d", "@%h", "%h@", "w@x@%h", "w@@%h", "w %h", "w@%h%%")},
-    "maxMemoryPerChild auto above the image's maximum": (  # 75% of 2Ti for one process: clamped to the maximum
+    # "auto" reaches the image as it is, which sizes it at launch (also above its own maximum: it clamps).
+    "maxMemoryPerChild auto with a limit above the image's maximum": (
         {"workers": [{"name": "default", "concurrency": 1, "resources": {"limits": {"memory": "2Ti"}}}]},
-        in_workers({"CELERY_WORKER_MAX_MEMORY_PER_CHILD":
-                    str(BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.maximum)}),
-        ["maxMemoryPerChild"]),
+        in_workers({"CELERY_WORKER_MAX_MEMORY_PER_CHILD": "auto"}), ["maxMemoryPerChild"]),
+    "maxMemoryPerChild auto without a limit": (
+        {"workers": [{"name": "default", "resources": {"limits": {"memory": None}}}]},
+        in_workers({"CELERY_WORKER_MAX_MEMORY_PER_CHILD": "auto"}), ["maxMemoryPerChild"]),
+    **{f"maxMemoryPerChild {kib}": ({"workers": [{"name": "default", "maxMemoryPerChild": kib}]},
+                                    in_workers({"CELERY_WORKER_MAX_MEMORY_PER_CHILD": str(kib)}), ["maxMemoryPerChild"])
+       for kib in (0, BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.maximum,
+                   BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.maximum + 1, -1)},
     "config.extra overriding TASK_SOFT_TIME_LIMIT": (
         {"config": {"extra": {"TASK_SOFT_TIME_LIMIT": "4000"}}}, everywhere({"TASK_SOFT_TIME_LIMIT": "4000"}),
         ["config.extra.TASK_SOFT_TIME_LIMIT"]),

@@ -94,9 +94,6 @@ NEGATIVE = {
     "secret-in-configmap": (
         {"config": {"extra": {"DATABASE_URL": "postgresql://u:p@h/db"}}},
         ["config.extra.DATABASE_URL", "Secret"]),
-    "bad-memory-quantity": (
-        {"workerDefaults": {"resources": {"limits": {"memory": "1.5Gi"}}}},
-        ["cannot read the memory quantity \"1.5Gi\""]),
     # the image's own cross-field rules (config/loader.py _check_together), all reported at once
     "soft-limit-not-below-hard": (  # the issue: every pod and the migration hook would crash-loop
         {"config": {"taskSoftTimeLimit": 4000}},
@@ -140,6 +137,11 @@ NEGATIVE = {
     "bad-pool-type": ({"workers": [{"name": "x", "pool": "eventlet"}]}, ["/workers/0/pool"]),
     "empty-queues": ({"workers": [{"name": "x", "queues": []}]}, ["/workers/0/queues"]),
     "bad-queue-name": ({"workers": [{"name": "x", "queues": ["a queue"]}]}, ["/workers/0/queues/0"]),
+    # the image takes only "auto" or an integer; "half" or "1Gi" never reach it
+    "bad-max-memory-per-child": (
+        {"workers": [{"name": "x", "maxMemoryPerChild": "half"}]}, ["/workers/0/maxMemoryPerChild"]),
+    "max-memory-per-child-quantity": (
+        {"workerDefaults": {"maxMemoryPerChild": "1Gi"}}, ["/workerDefaults/maxMemoryPerChild"]),
     "bad-cert-reqs": ({"redisTls": {"certReqs": "CERT_NONE"}}, ["/redisTls/certReqs"]),
     "no-workers": ({"workers": []}, ["/workers"]),
     "removed-default": ({"workerDefaults": {"livenessProbe": None}}, ["/workerDefaults", "livenessProbe"]),

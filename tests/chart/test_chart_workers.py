@@ -128,16 +128,25 @@ def test_null_removes_an_inherited_map_entry(render: Any) -> None:
     worker = render(values).worker()
     assert pod_spec(worker)["nodeSelector"] == {"zone": "a"}
     assert container(worker)["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {}}
-    assert env_of(worker)["CELERY_WORKER_MAX_MEMORY_PER_CHILD"] == "0", "no limit: no automatic per-child cap"
+    # Without a limit "auto" still reaches the image, which finds no cgroup limit and uses 0 (tests/container).
+    assert env_of(worker)["CELERY_WORKER_MAX_MEMORY_PER_CHILD"] == "auto"
 
 
+MAX_MEMORY_MAXIMUM = BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.maximum
+
+
+# "auto" is computed by the image at launch from the cgroup limit (tests/container/test_launcher.py); the chart
+# passes it through whatever the limit, the concurrency or the pool, and passes numbers through as numbers.
 @pytest.mark.parametrize(("pool", "overrides", "expected"), [
-    ("prefork", {}, str(1024 * 1024 * 3 // 4 // 2)),  # 1Gi limit, concurrency 2
-    ("prefork", {"concurrency": 4, "resources": {"limits": {"memory": "3Gi"}}}, str(3 * 1024 * 1024 * 3 // 4 // 4)),
-    ("prefork", {"resources": {"limits": {"memory": "1500M"}}}, str(1500 * 10**6 // 1024 * 3 // 4 // 2)),
+    ("prefork", {}, "auto"),  # the default, with the default 1Gi limit
+    ("prefork", {"concurrency": 4, "resources": {"limits": {"memory": "3Gi"}}}, "auto"),
+    ("prefork", {"resources": {"limits": {"memory": "1.5Gi"}}}, "auto"),  # a quantity the old Sprig parser refused
+    ("prefork", {"concurrency": 1, "resources": {"limits": {"memory": "2Ti"}}}, "auto"),  # above the maximum
+    ("threads", {}, "auto"),  # the image ignores it for other pools
     ("prefork", {"maxMemoryPerChild": 0}, "0"),
     ("prefork", {"maxMemoryPerChild": 123456}, "123456"),
-    ("threads", {}, "0"),  # the option only exists for prefork
+    ("prefork", {"maxMemoryPerChild": MAX_MEMORY_MAXIMUM}, str(MAX_MEMORY_MAXIMUM)),  # no 1.073741824e+09
+    ("threads", {"maxMemoryPerChild": 250000}, "250000"),
 ])
 def test_max_memory_per_child(render: Any, pool: str, overrides: dict[str, Any], expected: str) -> None:
     worker = render({"workers": [{"name": "default", "pool": pool, **overrides}]}).worker()

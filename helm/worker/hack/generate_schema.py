@@ -38,7 +38,7 @@ sys.path.insert(0, str(CHART.parent.parent))
 
 # The image's declared variables: bounds, choices and patterns of the values that set them come from there, so
 # the schema refuses what `python -m config check` would refuse at start-up.
-from config.options import BY_NAME, OPTIONS  # noqa: E402 - needs the repository root on sys.path
+from config.options import BY_NAME, OPTIONS, KiBOrAuto  # noqa: E402 - needs the repository root on sys.path
 from config.spec import Boolean, Choice, Integer, Option, Pattern  # noqa: E402
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -86,6 +86,16 @@ def option_int(env: str, description: str) -> dict[str, Any]:
     """An integer value that becomes the image variable `env`, with that variable's bounds."""
     parser = BY_NAME[env].parser
     return integer(description, parser.minimum, parser.maximum)
+
+
+def option_kib_or_auto(env: str, description: str) -> dict[str, Any]:
+    """`auto` or an integer within the bounds of `env` (a KiBOrAuto option: the image computes `auto` at launch)."""
+    parser = BY_NAME[env].parser
+    if not isinstance(parser, KiBOrAuto):
+        raise TypeError(f"{env} is not a KiBOrAuto option in config/options.py")
+    return {"description": description, "oneOf": [{"type": "integer", "minimum": parser.minimum,
+                                                   "maximum": parser.maximum},
+                                                  {"type": "string", "enum": ["auto"]}]}
 
 
 def option_choice(env: str, description: str) -> dict[str, Any]:
@@ -179,14 +189,11 @@ def pool_properties() -> dict[str, Any]:
                                          "honest."),
         "maxTasksPerChild": option_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", "Tasks a pool process runs before it "
                                        "is replaced; 0 = unlimited (CELERY_WORKER_MAX_TASKS_PER_CHILD)."),
-        "maxMemoryPerChild": {
-            "description": "KiB of resident memory after which a pool process is replaced "
-                           "(CELERY_WORKER_MAX_MEMORY_PER_CHILD). \"auto\": 75% of the memory limit divided by the "
-                           "concurrency for prefork (0 without a limit or for other pools); 0 = unlimited.",
-            "oneOf": [{"type": "integer", "minimum": BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.minimum,
-                       "maximum": BY_NAME["CELERY_WORKER_MAX_MEMORY_PER_CHILD"].parser.maximum},
-                      {"type": "string", "enum": ["auto"]}],
-        },
+        "maxMemoryPerChild": option_kib_or_auto("CELERY_WORKER_MAX_MEMORY_PER_CHILD", (
+            "KiB of resident memory after which a pool process is replaced (CELERY_WORKER_MAX_MEMORY_PER_CHILD); "
+            "0 = unlimited. \"auto\" is passed to the image, which computes it at launch from the container's "
+            "memory limit (cgroup): 75% of it divided by the concurrency for prefork, 0 without a limit or for "
+            "other pools.")),
         "loglevel": string("Celery worker log level (CELERY_WORKER_LOGLEVEL).", enum=LOG_LEVELS),
         "hostname": {"type": "string", "pattern": HOSTNAME,
                      "allOf": [{"pattern": option_pattern("CELERY_WORKER_HOSTNAME")}], "description": (
@@ -209,7 +216,8 @@ def pool_properties() -> dict[str, Any]:
                                 "active tasks before SIGTERM."),
         "safeToEvict": boolean("Value of the cluster-autoscaler.kubernetes.io/safe-to-evict annotation; false "
                                "keeps the cluster autoscaler from removing busy workers."),
-        "resources": resources("Container resources; the memory limit sizes maxMemoryPerChild=auto."),
+        "resources": resources("Container resources; the image sizes maxMemoryPerChild=auto from the memory "
+                               "limit."),
         "nodeSelector": string_map("Node labels the pods require; null removes an inherited entry.", True),
         "tolerations": k8s_list("Tolerations of the pods"),
         "affinity": k8s_object("Affinity of the pods"),

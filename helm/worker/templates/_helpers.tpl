@@ -97,23 +97,9 @@ older helm 3 releases let it ignore false and 0.
 {{- toJson $out -}}
 {{- end -}}
 
-{{/* Memory quantity (Kubernetes notation) in KiB, or "" when empty; fails on what it cannot read. */}}
-{{- define "tw.memoryKiB" -}}
-{{- $q := toString . -}}
-{{- if $q -}}
-{{- $units := dict "" 1 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
-{{- $number := regexFind "^[0-9]+" $q -}}
-{{- $suffix := trimPrefix $number $q -}}
-{{- if or (not $number) (not (hasKey $units $suffix)) -}}
-{{- fail (printf "cannot read the memory quantity %q (allowed: an integer with an optional k, M, G, T, Ki, Mi, Gi or Ti suffix)" $q) -}}
-{{- end -}}
-{{- div (mul (int64 $number) (int64 (get $units $suffix))) 1024 -}}
-{{- end -}}
-{{- end -}}
-
 {{/*
 tw.pools -> JSON {"pools": [...]}: every entry of .Values.workers merged over workerDefaults, validated, with
-derived fields: fullName, gracePeriod, maxMemoryKiB, nodeName, autoscaled. Value patterns and bounds are the
+derived fields: fullName, gracePeriod, nodeName, autoscaled. Value patterns and bounds are the
 schema's (generated from config/options.py); the tw.validatePool.* helpers below hold the rules across values.
 */}}
 {{- define "tw.pools" -}}
@@ -144,7 +130,6 @@ schema's (generated from config/options.py); the tw.validatePool.* helpers below
 {{- end -}}
 {{- $_ := set $deployments $pool.fullName (printf "pool %q" $name) -}}
 {{- $_ := set $pool "gracePeriod" (include "tw.pool.gracePeriod" $pool | int64) -}}
-{{- $_ := set $pool "maxMemoryKiB" (include "tw.pool.maxMemoryKiB" $pool | int64) -}}
 {{- $_ := set $pool "nodeName" (default (printf "%s@%%h" $name) $pool.hostname) -}}
 {{- $_ := set $pool "autoscaled" (or $pool.autoscaling.hpa.enabled $pool.autoscaling.keda.enabled) -}}
 {{- $pools = append $pools $pool -}}
@@ -164,24 +149,6 @@ schema's (generated from config/options.py); the tw.validatePool.* helpers below
 {{- add (include "tw.pool.shutdownSeconds" . | int64) (int64 .terminationGraceMarginSeconds) -}}
 {{- else -}}
 {{- int64 .terminationGracePeriodSeconds -}}
-{{- end -}}
-{{- end -}}
-
-{{/* CELERY_WORKER_MAX_MEMORY_PER_CHILD in KiB; "auto": 75% of the memory limit shared by a prefork pool. */}}
-{{- define "tw.pool.maxMemoryKiB" -}}
-{{- if eq (toString .maxMemoryPerChild) "auto" -}}
-{{- $limit := "" -}}
-{{- if and .resources .resources.limits -}}
-{{- $limit = include "tw.memoryKiB" (.resources.limits.memory | default "") -}}
-{{- end -}}
-{{- if and $limit (eq .pool "prefork") -}}
-{{- /* At most the image's maximum of CELERY_WORKER_MAX_MEMORY_PER_CHILD (1 TiB), which it refuses above. */ -}}
-{{- min (div (mul (int64 $limit) 3) (mul 4 (int64 .concurrency))) 1073741824 -}}
-{{- else -}}
-0
-{{- end -}}
-{{- else -}}
-{{- int64 .maxMemoryPerChild -}}
 {{- end -}}
 {{- end -}}
 
