@@ -11,9 +11,8 @@ from pathlib import Path
 
 from config.docs import env_table, replace_table
 from config.loader import load_settings
-from config.masking import mask_url
 from config.options import OPTIONS
-from config.spec import ConfigError, Url
+from config.spec import ConfigError
 from config.worker_command import WORKER_OPTIONS, worker_argv
 
 EX_USAGE = 64
@@ -25,12 +24,7 @@ def main(argv: list[str]) -> int:
         if command == "check":
             settings = load_settings()
             for option in OPTIONS:
-                value = settings[option.name]
-                if option.secret and isinstance(option.parser, Url):
-                    value = mask_url(value)
-                elif option.secret:
-                    value = "(set)" if value else "(empty)"
-                print(f"{option.name}={value}")
+                print(f"{option.name}={option.show(getattr(settings, option.attribute))}")
         elif command == "worker-args":
             # NUL-separated so that the shell can rebuild the argv without re-splitting it.
             sys.stdout.write("\0".join(worker_argv(load_settings(only=WORKER_OPTIONS))) + "\0")
