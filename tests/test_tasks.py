@@ -74,8 +74,9 @@ def test_invalid_configuration_id_is_not_retried(worker, client_app, two_tenants
     org, _ = two_tenants["a"]
     result = client_app.tasks["rhesis.backend.tasks.get_test_configuration"].apply_async(
         ["nope"], headers={"organization_id": org})
-    with pytest.raises(Exception, match="not a valid UUID"):
+    with pytest.raises(Exception, match="test_configuration_id 'nope' is not a valid UUID") as excinfo:
         result.get(TIMEOUT)
+    assert type(excinfo.value).__name__ == "InvalidIdentifierError"  # not a tenant problem: the name says so
     assert (result.retries or 0) == 0
 
 
