@@ -1,43 +1,17 @@
-"""Environment (plus `.env`, plus `*_FILE` secrets) to validated :class:`Settings`."""
+"""Environment (plus `.env`, plus `*_FILE` secrets) to validated :class:`config.settings.Settings`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from dotenv import dotenv_values
 
-from config.options import BY_NAME, OPTIONS
-from config.spec import ConfigError, Option
-
-
-class Settings(Mapping[str, Any]):
-    """Read-only validated settings; ``settings.broker_url`` or ``settings["BROKER_URL"]``."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._values = MappingProxyType(dict(values))
-
-    def __getitem__(self, name: str) -> Any:
-        return self._values[name.upper()]
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name.upper()]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    @property
-    def migration_url(self) -> str:
-        return self._values["MIGRATION_DATABASE_URL"] or self._values["DATABASE_URL"]
+from config.options import OPTIONS
+from config.settings import Settings
+from config.spec import SCOPES, ConfigError, Option
 
 
 def read_environment(environ: Mapping[str, str] | None = None,
@@ -64,20 +38,26 @@ def _raw_value(option: Option, real: Mapping[str, str], from_file: Mapping[str, 
                     f"{file_var}={path!r} cannot be read ({exc.strerror}); allowed: a readable file") from None
         if option.name in env:
             return env[option.name]
-    return option.default or ""
+    return option.default
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = None,
-                  only: tuple[str, ...] | None = None) -> Settings:
-    """Validate every declared variable (or those in ``only``); raise ConfigError on the first bad one."""
+                  only: tuple[str, ...] | None = None, scopes: tuple[str, ...] | None = None) -> Settings:
+    """Validate every declared variable, or those of ``scopes`` (see config.spec.SCOPES), or those named in
+    ``only``; raise ConfigError on the first bad one. Fields left out are unset: reading them raises."""
+    unknown = set(scopes or ()) - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {SCOPES}")
     real, from_file = read_environment(environ, env_file)
     values: dict[str, Any] = {}
     for option in OPTIONS:
         if only is not None and option.name not in only:
             continue
+        if scopes is not None and option.scope not in scopes:
+            continue
         values[option.name] = option.parse(_raw_value(option, real, from_file))
     _check_together(values)
-    return Settings(values)
+    return Settings.from_values(values)
 
 
 def _check_together(values: dict[str, Any]) -> None:
@@ -100,7 +80,3 @@ def _check_together(values: dict[str, Any]) -> None:
     if max_age is not None and interval is not None and max_age <= interval:
         raise ConfigError(f"WORKER_HEARTBEAT_MAX_AGE={max_age} is not above WORKER_HEARTBEAT_INTERVAL={interval}; "
                           "allowed: a larger age")
-
-
-def option(name: str) -> Option:
-    return BY_NAME[name]

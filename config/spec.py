@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +25,8 @@ class Parser:
     """Turns a raw string into a typed value; raises ValueError with a short reason."""
 
     allowed: str = "any text"
+    # The Python type of a parsed value, as written in the generated Settings class (config/settings_fields.py).
+    type_hint: str = "str"
 
     def parse(self, raw: str) -> Any:
         return raw
@@ -57,6 +59,8 @@ class Pattern(Parser):
 
 
 class Integer(Parser):
+    type_hint = "int"
+
     def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
         self.minimum, self.maximum = minimum, maximum
         low = "" if minimum is None else f" >= {minimum}"
@@ -80,7 +84,10 @@ FALSE_WORDS = ("no", "false", "0", "off", "")
 
 
 class Boolean(Parser):
+    """The one yes/no parser: the same words for every variable."""
+
     allowed = "yes/true/1/on or no/false/0/off"
+    type_hint = "bool"
 
     def parse(self, raw: str) -> bool:
         word = raw.strip().lower()
@@ -99,6 +106,7 @@ class Choice(Parser):
         self.aliases = {k.lower(): v for k, v in (aliases or {}).items()}
         self.optional = optional
         self.allowed = "one of " + ", ".join(self.choices) + (", or empty" if optional else "")
+        self.type_hint = "Literal[" + ", ".join(f'"{c}"' for c in self.choices) + "]" + (" | None" if optional else "")
 
     def parse(self, raw: str) -> str | None:
         word = raw.strip()
@@ -119,6 +127,7 @@ class Url(Parser):
         self.schemes = tuple(schemes)
         self.optional = optional
         self.allowed = "a URL starting with " + " or ".join(f"{s}://" for s in self.schemes)
+        self.type_hint = "str | None" if optional else "str"
 
     def parse(self, raw: str) -> str | None:
         value = raw.strip()
@@ -143,6 +152,7 @@ class FilePath(Parser):
     """A path to a readable file (empty means unset)."""
 
     allowed = "a path to a readable file, or empty"
+    type_hint = "str | None"
 
     def parse(self, raw: str) -> str | None:
         path = raw.strip()
@@ -158,6 +168,8 @@ class FilePath(Parser):
 class WordList(Parser):
     """Comma-separated words, each matching ``valid``."""
 
+    type_hint = "tuple[str, ...]"
+
     def __init__(self, valid: Callable[[str], bool], allowed: str) -> None:
         self.valid = valid
         self.allowed = allowed
@@ -172,21 +184,54 @@ class WordList(Parser):
         return words
 
 
+class Credentials(Parser):
+    """``user:password[,user:password...]`` on one line (Flower's basic auth), or empty.
+
+    The first ``:`` of an entry ends the user name, so a password may hold ``:`` but no ``,`` (the separator).
+    Reasons never quote the value: it is a secret.
+    """
+
+    allowed = "user:password[,user:password...] on one line, no whitespace in a user name, no comma in a password"
+
+    def parse(self, raw: str) -> str:
+        value = raw.strip()
+        if not value:
+            return ""
+        if "\n" in value or "\r" in value:
+            raise ValueError("spans more than one line")
+        for number, entry in enumerate(value.split(","), start=1):
+            user, colon, password = entry.partition(":")
+            if not colon or not user or not password:
+                raise ValueError(f"entry {number} is not user:password")
+            if any(char.isspace() for char in user):
+                raise ValueError(f"entry {number} has whitespace in its user name")
+        return value
+
+
+# Which process needs a variable. `app`: the Celery app and every producer (importing worker.app validates only
+# these); `worker`: the `celery worker` command line; `health`: the worker's health files; `flower`: Flower.
+# The launcher (`python -m config check`) validates all of them.
+SCOPES = ("app", "worker", "health", "flower")
+
+
 @dataclass(frozen=True)
 class Option:
-    """One environment variable: its name, parser, default (as raw text) and meaning."""
+    """One environment variable: its name, parser, default (as raw text), meaning and the scope that needs it."""
 
     name: str
     parser: Parser
-    default: str | None
+    default: str
     help: str
-    group: str = "general"
+    scope: str
     secret: bool = False
-    required: bool = False
-    aliases: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"{self.name}: scope {self.scope!r} is not one of {SCOPES}")
 
     @property
-    def key(self) -> str:
+    def attribute(self) -> str:
+        """The name of its field in :class:`config.settings_fields.Settings`."""
         return self.name.lower()
 
     def parse(self, raw: str) -> Any:
@@ -195,3 +240,13 @@ class Option:
         except ValueError as exc:
             shown = "(hidden)" if self.secret and not isinstance(self.parser, Url) else self.parser.show(raw)
             raise ConfigError(f"{self.name}={shown} {exc}; allowed: {self.parser.allowed}") from None
+
+    def show(self, value: Any) -> str:
+        """A parsed value as `python -m config check` prints it: secrets hidden, booleans as yes/no."""
+        if self.secret and isinstance(self.parser, Url):
+            return mask_url(value)
+        if self.secret:
+            return "(set)" if value else "(empty)"
+        if isinstance(value, bool):
+            return "yes" if value else "no"  # what the user writes (entrypoint.sh compares with `yes`)
+        return str(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from config.loader import Settings
+from config.settings import Settings
 from config.spec import ConfigError
 
 WORKER_OPTIONS = (
@@ -30,7 +30,7 @@ def worker_argv(settings: Settings) -> list[str]:
         argv += ["--max-memory-per-child", str(settings.celery_worker_max_memory_per_child)]
     if settings.celery_worker_hostname:
         argv += ["--hostname", settings.celery_worker_hostname]
-    if settings.get("ENABLE_FLOWER") == "yes":
+    if settings.enable_flower:
         # Flower beside the worker: task events from the start, or the tasks run before Flower's first
         # enable_events broadcast (every few seconds) never show up in it. Costs throughput (see NOTES §3).
         argv.append("--task-events")

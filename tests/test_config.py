@@ -11,7 +11,7 @@ import pytest
 
 from config import ConfigError, load_settings, mask_url
 from config.options import OPTIONS, KiBOrAuto
-from config.spec import Boolean, Choice, FilePath, Integer, Parser, Pattern, Text, Url, WordList
+from config.spec import Boolean, Choice, Credentials, FilePath, Integer, Parser, Pattern, Text, Url, WordList
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_ENV_FILE = {"ENV_FILE": "/nonexistent/.env"}
@@ -48,7 +48,15 @@ BAD_VALUES = [
     ("BROKER_VISIBILITY_TIMEOUT", "3700", "is not above TASK_TIME_LIMIT + max(TASK_MAX_COUNTDOWN"),
     ("BROKER_URL", "unix:///run/redis.sock", "unknown URL scheme 'unix'"),
     ("TASK_SOFT_TIME_LIMIT", "4000", "is not below TASK_TIME_LIMIT"),
-    ("ENABLE_FLOWER", "perhaps", "is not a known value"),
+    ("ENABLE_FLOWER", "perhaps", "is not a yes/no word"),
+    ("FLOWER_UNAUTHENTICATED", "perhaps", "is not a yes/no word"),
+    ("FLOWER_BASIC_AUTH", "admin", "entry 1 is not user:password"),
+    ("FLOWER_BASIC_AUTH", "admin:pw,guest", "entry 2 is not user:password"),
+    ("FLOWER_BASIC_AUTH", "admin:pw,", "entry 2 is not user:password"),
+    ("FLOWER_BASIC_AUTH", ":pw", "entry 1 is not user:password"),
+    ("FLOWER_BASIC_AUTH", "admin:", "entry 1 is not user:password"),
+    ("FLOWER_BASIC_AUTH", "ad min:pw", "entry 1 has whitespace in its user name"),
+    ("FLOWER_BASIC_AUTH", "admin:pw\nroot:pw", "spans more than one line"),
     ("CELERY_WORKER_HOSTNAME", "bad name/with spaces", "has characters that are not allowed"),
     ("REDIS_KEY_PREFIX", "tenant worker", "has characters that are not allowed"),
     ("FLOWER_PORT", "70000", "is above the maximum"),
@@ -122,9 +130,10 @@ REFUSED_BY = {
     FilePath: "/nonexistent/file.pem",
     Pattern: "two words/!",
     WordList: " , ",
+    Credentials: "user-without-password",
 }
 # Free text has no value to refuse; CELERY_WORKER_OPTS is checked when split (see the worker-args tests).
-FREE_TEXT = {"CELERY_WORKER_OPTS", "WORKER_HEALTH_DIR", "FLOWER_BASIC_AUTH"}
+FREE_TEXT = {"CELERY_WORKER_OPTS", "WORKER_HEALTH_DIR"}
 
 
 def test_every_option_is_documented() -> None:
@@ -191,3 +200,98 @@ def test_key_file_path_is_a_plain_path(tmp_path: Path) -> None:
     assert settings.redis_ssl_keyfile == str(key)
     result = run_check({"REDIS_SSL_KEYFILE": str(key)})
     assert result.returncode == 64 and "REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE must be set together" in result.stderr
+
+
+def test_settings_class_is_generated_from_the_options() -> None:
+    from config.codegen import TARGET, render
+
+    assert TARGET.read_text() == render(), "config/settings.py is stale: run `python -m config.codegen`"
+
+
+def test_settings_are_typed_frozen_attributes() -> None:
+    from dataclasses import FrozenInstanceError, fields
+
+    from config import Settings
+
+    assert [f.name for f in fields(Settings)] == [o.name.lower() for o in OPTIONS]
+    settings = load_settings(environ=NO_ENV_FILE)
+    assert settings.broker_url == "redis://localhost:6379/0" and settings.task_max_retries == 3
+    with pytest.raises(AttributeError, match="no setting 'brokr_url'"):
+        settings.brokr_url  # noqa: B018 - a misspelt setting
+    with pytest.raises(FrozenInstanceError):
+        settings.broker_url = "redis://elsewhere/0"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings["BROKER_URL"]  # type: ignore[index] - one way in: attributes
+    assert "localhost" not in repr(settings)  # the repr names settings, never values (passwords)
+
+
+def test_a_scoped_load_leaves_other_scopes_unread() -> None:
+    settings = load_settings(environ={**NO_ENV_FILE, "CELERY_WORKER_CONCURRENCY": "abc"}, scopes=("app",))
+    assert settings.task_time_limit == 3600
+    with pytest.raises(AttributeError, match="CELERY_WORKER_CONCURRENCY was not loaded"):
+        settings.celery_worker_concurrency  # noqa: B018
+    assert {o.scope for o in OPTIONS if o.name.startswith(("BROKER_", "REDIS_", "DATABASE_", "TASK_"))} == {"app"}
+
+
+def test_producer_import_ignores_worker_only_variables() -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in {o.name for o in OPTIONS}}
+    for variable, value in (("CELERY_WORKER_CONCURRENCY", "abc"), ("WORKER_HEARTBEAT_INTERVAL", "abc"),
+                            ("FLOWER_PORT", "abc"), ("ENABLE_FLOWER", "perhaps")):
+        env = {**clean, **NO_ENV_FILE, variable: value}
+        imported = subprocess.run([sys.executable, "-c", "import worker.app; print(worker.app.app.main)"], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=60)
+        assert (imported.returncode, imported.stdout) == (0, "worker\n"), (variable, imported.stderr)
+        checked = run_check({variable: value})
+        assert checked.returncode == 64 and checked.stdout == ""
+        assert len(checked.stderr.strip().splitlines()) == 1 and f"{variable}=" in checked.stderr
+
+
+YES_NO = ["REDIS_RETRY_ON_TIMEOUT", "REDIS_SOCKET_KEEPALIVE", "TASK_ACKS_LATE", "ENABLE_FLOWER",
+          "FLOWER_UNAUTHENTICATED"]
+YES_WORDS, NO_WORDS = ("yes", "true", "1", "on", "YES", " On "), ("no", "false", "0", "off", "")
+
+
+def test_yes_no_variables_are_listed() -> None:
+    assert sorted(o.name for o in OPTIONS if isinstance(o.parser, Boolean)) == sorted(YES_NO)
+
+
+@pytest.mark.parametrize("name", YES_NO)
+def test_every_yes_no_variable_takes_the_same_words(name: str) -> None:
+    for words, expected in ((YES_WORDS, True), (NO_WORDS, False)):
+        for word in words:
+            value = getattr(load_settings(environ={**NO_ENV_FILE, name: word}, only=(name,)), name.lower())
+            assert value is expected, (name, word)
+
+
+@pytest.mark.parametrize(("value", "printed"), [("on", "yes"), ("true", "yes"), ("0", "no"), ("", "no")])
+def test_check_prints_yes_no_words(value: str, printed: str) -> None:
+    # entrypoint.sh compares ${CFG[ENABLE_FLOWER]} and ${CFG[FLOWER_UNAUTHENTICATED]} with `yes`.
+    result = run_check({"ENABLE_FLOWER": value, "FLOWER_UNAUTHENTICATED": value, "TASK_ACKS_LATE": value})
+    assert result.returncode == 0, result.stderr
+    for name in ("ENABLE_FLOWER", "FLOWER_UNAUTHENTICATED", "TASK_ACKS_LATE"):
+        assert f"\n{name}={printed}\n" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["admin:s3cret", "admin:pa:ss word,ops:x", "  admin:pw  "])
+def test_flower_basic_auth_takes_user_password_pairs(value: str) -> None:
+    settings = load_settings(environ={**NO_ENV_FILE, "FLOWER_BASIC_AUTH": value}, only=("FLOWER_BASIC_AUTH",))
+    assert settings.flower_basic_auth == value.strip()
+
+
+def test_flower_basic_auth_errors_hide_the_value() -> None:
+    result = run_check({"FLOWER_BASIC_AUTH": "admin Secret99"})
+    assert result.returncode == 64 and "Secret99" not in result.stderr
+    assert "FLOWER_BASIC_AUTH=(hidden) entry 1 is not user:password" in result.stderr
+
+
+def test_bare_celery_worker_still_validates_worker_only_variables() -> None:
+    # Importing worker.app validates the app scope only; a `celery worker` started without the launcher is
+    # checked in full before its bootsteps read the health settings.
+    clean = {k: v for k, v in os.environ.items() if k not in {o.name for o in OPTIONS}}
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"], cwd=ROOT,
+                            env={**clean, **NO_ENV_FILE, "WORKER_HEARTBEAT_INTERVAL": "abc"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 64, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "configuration error: WORKER_HEARTBEAT_INTERVAL='abc' is not an integer; allowed: an integer >= 1, <= 3600")

@@ -74,8 +74,9 @@ def test_invalid_configuration_id_is_not_retried(worker, client_app, two_tenants
     org, _ = two_tenants["a"]
     result = client_app.tasks["rhesis.backend.tasks.get_test_configuration"].apply_async(
         ["nope"], headers={"organization_id": org})
-    with pytest.raises(Exception, match="not a valid UUID"):
+    with pytest.raises(Exception, match="test_configuration_id 'nope' is not a valid UUID") as excinfo:
         result.get(TIMEOUT)
+    assert type(excinfo.value).__name__ == "InvalidIdentifierError"  # not a tenant problem: the name says so
     assert (result.retries or 0) == 0
 
 
@@ -112,12 +113,20 @@ def test_malformed_message_is_rejected_and_worker_keeps_consuming(worker, client
     assert worker.proc.poll() is None
 
 
-def test_retry_policy_comes_from_settings() -> None:
-    from config import load_settings
+def test_retry_policy_comes_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from worker.app import create_app
+    from worker.settings import get_settings
 
-    app = create_app(load_settings(environ={"ENV_FILE": "/nonexistent", "TASK_MAX_RETRIES": "5",
-                                            "TASK_RETRY_BACKOFF_MAX": "120"}), main="retry-policy")
-    task = app.tasks["rhesis.backend.tasks.count_test_sets"]
-    assert (task.max_retries, task.retry_backoff_max, task.retry_backoff, task.retry_jitter) == (5, 120, True, True)
-    assert task.track_started is True
+    # BaseTask reads the process's settings (worker.settings.get_settings), never app.conf.
+    monkeypatch.setenv("ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("TASK_MAX_RETRIES", "5")
+    monkeypatch.setenv("TASK_RETRY_BACKOFF_MAX", "120")
+    get_settings.cache_clear()
+    try:
+        app = create_app(main="retry-policy")
+        task = app.tasks["rhesis.backend.tasks.count_test_sets"]
+        assert (task.max_retries, task.retry_backoff_max, task.retry_backoff, task.retry_jitter) == (5, 120, True, True)
+        assert task.track_started is True
+        assert "worker_task_max_retries" not in app.conf and "worker_task_retry_backoff_max" not in app.conf
+    finally:
+        get_settings.cache_clear()

@@ -285,3 +285,11 @@ def test_no_tenant_after_a_time_limit(pool_worker, client_app, request, probe, l
     for result in [sig(client_app, "tenant").apply_async() for _ in range(4)]:
         seen = result.get(TIMEOUT)
         assert seen["organization_id"] is None and seen["user_id"] is None
+
+
+def test_tenant_headers_are_built_in_one_place() -> None:
+    from worker.tenant.context import NO_TENANT, Tenant
+
+    assert Tenant.of(ORG.upper()).headers() == {"organization_id": ORG, "user_id": None}
+    assert Tenant.of(ORG, OTHER_ORG).headers() == {"organization_id": ORG, "user_id": OTHER_ORG}
+    assert NO_TENANT.headers() == {}

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from config import ConfigError, Settings
 from worker import logging_context, tenant  # noqa: F401 - connects the logging and propagation signals
 from worker.celeryconfig import build_celery_config, redis_endpoints
 from worker.health.bootsteps import install_health_checks
 from worker.redis_tls import warn_if_unverified
-from worker.settings import get_settings
+from worker.settings import APP_SCOPE, get_settings
 from worker.tenant import lifecycle, propagation  # noqa: F401 - task_prerun/postrun and before_task_publish handlers
 
 
@@ -30,15 +31,16 @@ def _cooperative_postgres_under_gevent() -> None:
 
 
 def create_app(settings: Settings | None = None, main: str = "worker") -> Celery:
-    """Build a configured app; tests and producers may pass their own settings."""
-    settings = settings or get_settings()
+    """Build a configured app; a client of other servers (tests, bench) may pass settings loaded for them.
+
+    Only the app scope is validated here: producers import this module, worker-only variables are the launcher's.
+    """
+    settings = settings or get_settings(APP_SCOPE)
     app = Celery(main)
     endpoints = redis_endpoints(settings)
     app.conf.update(build_celery_config(settings, endpoints))
     from worker.message_guard import install_message_guard  # malformed messages: docs/reliability.md
     install_message_guard(app)
-    # On the app object, not in app.conf: `celery inspect conf`, `celery report` and Flower show app.conf.
-    app.worker_settings = settings
     warn_if_unverified(endpoints)
     app.autodiscover_tasks(["worker"], force=True)
     install_health_checks(app)
@@ -53,13 +55,24 @@ def _dispose_engines_in_child(**_: object) -> None:
     dispose_engines_after_fork()
 
 
-def _create_default_app() -> Celery:
+def _exit_on_config_error(build: Callable[[], object]) -> object:
     try:
-        return create_app()
+        return build()
     except ConfigError as exc:
-        # `celery -A worker.app ...` would otherwise print an import traceback; one line and EX_USAGE instead.
+        # `celery -A worker.app ...` would otherwise print a traceback; one line and EX_USAGE instead.
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(64) from None
+
+
+@worker_init.connect(weak=False, dispatch_uid="worker.app.validate_every_setting")
+def _validate_every_setting(**_: object) -> None:
+    # A worker process also reads the worker, health and flower scopes, which importing this module does not
+    # validate (producers import it). Its launcher normally checked them; a bare `celery worker` is checked here.
+    _exit_on_config_error(get_settings)
+
+
+def _create_default_app() -> Celery:
+    return _exit_on_config_error(create_app)  # type: ignore[return-value]
 
 
 _cooperative_postgres_under_gevent()

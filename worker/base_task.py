@@ -17,8 +17,6 @@ from worker.tenant.context import Tenant, current_tenant, normalize_id, reset_cu
 from worker.tenant.propagation import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER, tenant_of_running_task
 
 log = logging.getLogger("worker.task")
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_RETRY_BACKOFF_MAX = 600
 
 
 def _header(request: Any, name: str) -> Any:
@@ -50,7 +48,7 @@ class BaseTask(Task):
 
     autoretry_for = (Exception,)
     dont_autoretry_for = (PermanentTaskError,)
-    # None: taken from the app's config (TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX) when the task is bound,
+    # None: taken from the settings (TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX) when the task is bound,
     # unless the task sets its own.
     max_retries = None
     retry_backoff_max = None
@@ -62,11 +60,16 @@ class BaseTask(Task):
 
     @classmethod
     def bind(cls, app):  # type: ignore[no-untyped-def]
-        # .get with defaults: shared tasks are also bound to apps not built by create_app (Celery's default app).
-        if cls.max_retries is None:
-            cls.max_retries = app.conf.get("worker_task_max_retries", DEFAULT_MAX_RETRIES)
-        if cls.retry_backoff_max is None:
-            cls.retry_backoff_max = app.conf.get("worker_task_retry_backoff_max", DEFAULT_RETRY_BACKOFF_MAX)
+        # The retry policy is the product's, not a Celery setting: it matters where tasks run, the worker process,
+        # whose app is built from these same settings. App scope: producers bind tasks too.
+        if cls.max_retries is None or cls.retry_backoff_max is None:
+            from worker.settings import APP_SCOPE, get_settings
+
+            settings = get_settings(APP_SCOPE)
+            if cls.max_retries is None:
+                cls.max_retries = settings.task_max_retries
+            if cls.retry_backoff_max is None:
+                cls.retry_backoff_max = settings.task_retry_backoff_max
         return super().bind(app)
 
     def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None, link_error=None,

@@ -39,9 +39,6 @@ def build_celery_config(settings: Settings, endpoints: dict[str, RedisEndpoint] 
         "task_acks_late": settings.task_acks_late,
         "task_reject_on_worker_lost": settings.task_acks_late,
         "task_default_queue": DEFAULT_QUEUE,
-        # Read by BaseTask.from_config for tasks that do not set their own.
-        "worker_task_max_retries": settings.task_max_retries,
-        "worker_task_retry_backoff_max": settings.task_retry_backoff_max,
         "task_routes": (route_task,),
         # Set explicitly: Celery warns at startup when these are left to their defaults.
         "broker_connection_retry_on_startup": True,

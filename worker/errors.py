@@ -11,7 +11,11 @@ class TenantContextError(PermanentTaskError):
     """A tenant-scoped operation was attempted without an organization in the task context."""
 
 
-class InvalidTenantError(PermanentTaskError, ValueError):
+class InvalidIdentifierError(PermanentTaskError, ValueError):
+    """An id that must be a UUID is not one; the message names which id (e.g. ``test_configuration_id``)."""
+
+
+class InvalidTenantError(InvalidIdentifierError):
     """An organization_id or user_id is not a valid UUID."""
 
 

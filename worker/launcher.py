@@ -8,7 +8,6 @@ from celery import Task
 from celery.result import AsyncResult
 
 from worker.tenant.context import Tenant
-from worker.tenant.propagation import ORGANIZATION_HEADER, USER_HEADER
 
 
 class TenantUser(Protocol):
@@ -22,8 +21,5 @@ def task_launcher(task: Task, *args: Any, current_user: TenantUser | None = None
     Without ``current_user`` the tenant comes from the current context (a running task, or
     ``worker.tenant.tenant_scope`` in a web request).
     """
-    headers: dict[str, str | None] = {}
-    if current_user is not None:
-        tenant = Tenant.of(current_user.organization_id, current_user.id)
-        headers = {ORGANIZATION_HEADER: tenant.organization_id, USER_HEADER: tenant.user_id}
+    headers = Tenant.of(current_user.organization_id, current_user.id).headers() if current_user is not None else {}
     return task.apply_async(args=args, kwargs=kwargs, headers=headers)

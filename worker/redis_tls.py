@@ -53,7 +53,7 @@ def redis_endpoint(url: str, settings: Settings, variable: str) -> RedisEndpoint
     options: dict = {"ssl_cert_reqs": CERT_REQS[word]}
     for key, setting in (("ssl_ca_certs", "redis_ssl_ca_certs"), ("ssl_certfile", "redis_ssl_certfile"),
                          ("ssl_keyfile", "redis_ssl_keyfile")):
-        value = settings[setting] or from_url.get(key)
+        value = getattr(settings, setting) or from_url.get(key)
         if value:
             options[key] = value
     clean_query = urlencode([(k, v) for k, v in query if k not in _URL_SSL_KEYS])

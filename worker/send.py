@@ -14,7 +14,6 @@ from typing import Any
 
 from worker.errors import InvalidTenantError
 from worker.tenant.context import Tenant, normalize_id
-from worker.tenant.propagation import ORGANIZATION_HEADER, USER_HEADER
 
 EX_FAILURE = 1
 EX_TIMEOUT = 124
@@ -59,7 +58,7 @@ def send(options: argparse.Namespace) -> int:
     tenant = tenant_of(options)  # before connecting anywhere
     from worker.app import app
 
-    headers = {ORGANIZATION_HEADER: tenant.organization_id, USER_HEADER: tenant.user_id} if tenant.is_set else {}
+    headers = tenant.headers()  # tenant_of refused a user without an organization
     # Both servers are checked first: send_task itself would retry an unreachable result backend 20 times,
     # logging a line and a traceback for each.
     for what, check in (("broker", lambda: _check_broker(app)), ("result backend", app.backend.client.ping)):

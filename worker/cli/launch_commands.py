@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     worker = worker_launch(settings)
-    flower = prepare_flower(settings, os.environ) if settings.enable_flower == "yes" else None
+    flower = prepare_flower(settings, os.environ) if settings.enable_flower else None
     _log_settings(settings)
     HealthFiles(settings.worker_health_dir).start_role("worker")
     worker_env = {**worker_environment(os.environ), **worker.env}

@@ -6,21 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from config import Settings, load_settings, mask_url
+from config import Settings, load_settings
 from config.options import OPTIONS
-from config.spec import Url
 
 
 def shown_settings(settings: Settings) -> list[str]:
     """``NAME=value`` for every variable; URLs as scheme://user:***@host, other secrets as (set)/(empty)."""
-    lines = []
-    for option in OPTIONS:
-        value = settings[option.name]
-        if option.secret and isinstance(option.parser, Url):
-            value = mask_url(value)
-        elif option.secret:
-            value = "(set)" if value else "(empty)"
-        lines.append(f"{option.name}={value}")
+    lines = [f"{option.name}={option.show(getattr(settings, option.attribute))}" for option in OPTIONS]
     return lines
 
 

@@ -94,7 +94,7 @@ def _run(dev: DevEnvironment, directory: Path, signals: _Signals) -> int:
           f"results:  {mask_url(settings.celery_result_backend)}\n"
           f"database: {mask_url(settings.database_url)}")
     print("demo data:\n" + format_summary(summary))
-    if settings.enable_flower == "yes":
+    if settings.enable_flower:
         print(f"Flower:   http://127.0.0.1:{settings.flower_port}/  (basic auth {flower_auth})")
     print(f"connection settings for other shells: {shown_env} (mode 0600; `set -a; . {shown_env}; set +a` "
           "loads them)\n"

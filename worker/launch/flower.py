@@ -38,7 +38,7 @@ def prepare_flower(settings: Settings, environ: Mapping[str, str]) -> FlowerLaun
         auth = "basic auth (FLOWER_BASIC_AUTH)"
     elif environ.get("FLOWER_AUTH_PROVIDER") and environ.get("FLOWER_AUTH"):
         auth = f"OAuth ({environ['FLOWER_AUTH_PROVIDER']})"
-    elif settings.flower_unauthenticated == "yes":
+    elif settings.flower_unauthenticated:
         auth = ""
     else:
         raise ConfigError("Flower needs authentication; allowed: FLOWER_BASIC_AUTH (or FLOWER_BASIC_AUTH_FILE), "

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from worker.base_task import BaseTask, with_tenant_context
 from worker.db.models import TestConfiguration, TestSet
-from worker.errors import InvalidTenantError
+from worker.errors import InvalidIdentifierError
 from worker.tenant.context import current_tenant
 
 UNKNOWN = "unknown"
@@ -39,7 +39,7 @@ def get_test_configuration(self: BaseTask, test_configuration_id: str, db: Sessi
     try:
         wanted = uuid.UUID(str(test_configuration_id))
     except ValueError:
-        raise InvalidTenantError(f"test_configuration_id {test_configuration_id!r} is not a valid UUID") from None
+        raise InvalidIdentifierError(f"test_configuration_id {test_configuration_id!r} is not a valid UUID") from None
     found = db.get(TestConfiguration, wanted)
     return {"found": found is not None, "id": str(wanted)}
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 from worker.errors import InvalidTenantError
 
+# The message headers that carry the tenant (Celery turns them into task.request attributes of the same names).
+ORGANIZATION_HEADER = "organization_id"
+USER_HEADER = "user_id"
+TENANT_HEADERS = (ORGANIZATION_HEADER, USER_HEADER)
+
 
 def normalize_id(value: object, name: str) -> str | None:
     """Canonical lowercase UUID text, or None for a missing value; anything else raises InvalidTenantError."""
@@ -39,6 +44,12 @@ class Tenant:
     @property
     def is_set(self) -> bool:
         return self.organization_id is not None
+
+    def headers(self) -> dict[str, str | None]:
+        """The message headers that carry this tenant; none at all when it names nobody."""
+        if self.organization_id is None and self.user_id is None:
+            return {}
+        return {ORGANIZATION_HEADER: self.organization_id, USER_HEADER: self.user_id}
 
 
 NO_TENANT = Tenant(None, None)

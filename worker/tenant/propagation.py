@@ -12,12 +12,11 @@ from typing import Any
 from celery import current_app
 from celery.signals import before_task_publish
 
-from worker.tenant.context import Tenant, current_tenant
+from worker.tenant.context import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER, Tenant, current_tenant
 from worker.tenant.display import show_tenant_in_kwargsrepr
 
-ORGANIZATION_HEADER = "organization_id"
-USER_HEADER = "user_id"
-TENANT_HEADERS = (ORGANIZATION_HEADER, USER_HEADER)
+__all__ = ["ORGANIZATION_HEADER", "TENANT_HEADERS", "USER_HEADER", "fill_tenant_headers", "message_tenant",
+           "tenant_of_running_task"]
 
 
 def tenant_of_running_task() -> Tenant:
@@ -52,8 +51,7 @@ def fill_tenant_headers(headers: dict[str, Any], body: Any = None) -> None:
         return
     tenant = tenant_of_running_task()
     if tenant.is_set:
-        headers[ORGANIZATION_HEADER] = tenant.organization_id
-        headers[USER_HEADER] = tenant.user_id
+        headers.update(tenant.headers())
 
 
 @before_task_publish.connect(weak=False, dispatch_uid="worker.tenant.propagation")
