@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ class WorkerLaunch:
 
 
 def worker_launch(settings: Settings, cgroup_files: tuple[Path, ...] = CGROUP_LIMIT_FILES) -> WorkerLaunch:
-    if settings.get(MAX_MEMORY) != "auto":
+    if settings.celery_worker_max_memory_per_child != "auto":
         return WorkerLaunch(worker_argv(settings))
     limit = memory_limit_bytes(cgroup_files)
     kib = auto_max_memory_per_child(limit, settings.celery_worker_concurrency, settings.celery_worker_pool,
@@ -38,7 +39,7 @@ def worker_launch(settings: Settings, cgroup_files: tuple[Path, ...] = CGROUP_LI
     else:
         log.info("%s=auto: %d KiB per child (3/4 of the %d-byte memory limit over concurrency %d)", MAX_MEMORY,
                  kib, limit, settings.celery_worker_concurrency)
-    resolved = Settings({**settings, MAX_MEMORY: kib})
+    resolved = dataclasses.replace(settings, celery_worker_max_memory_per_child=kib)
     return WorkerLaunch(worker_argv(resolved), {MAX_MEMORY: str(kib)})
 
 
