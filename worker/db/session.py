@@ -6,6 +6,9 @@ transaction-local value dies with the transaction, so a connection goes back to 
 ``after_begin`` listener puts the tenant back for each new transaction of the same Session (after a commit
 inside a ``tenant_session`` block, for instance). An AUTOCOMMIT connection would drop the value after each
 statement, so it is refused.
+
+Since revision 0002 the settings are written by ``tenant_guard.enter`` with a proof made from the connection's
+key (``worker/db/guard.py``), so that SQL which sets ``app.current_organization`` itself gets no rows.
 """
 
 from __future__ import annotations
