@@ -3,8 +3,10 @@
 1. Task throughput: a plain Celery no-op task (baseline) against a BaseTask no-op carrying tenant headers,
    drained by one real worker (prefork, concurrency 2) on a real Redis. Rounds alternate to cancel drift.
 2. Worker memory: resident set of the worker and its children after each phase, against after warm-up.
-3. Database: a query in a tenant session (RLS + set_config per transaction + ORM criteria) against the same
-   query in a plain session of the owner role with RLS bypassed by a superuser connection.
+3. Database: a query in a tenant session (RLS with the sealed tenant + tenant_guard.enter per transaction + ORM
+   criteria + DISCARD ALL when the connection goes back to the pool) against the same query in a plain session
+   of a superuser (no RLS); and the same tenant session with against without the DISCARD ALL reset.
+   `python -m bench.run --database-only` runs this part alone.
 
 Results go to stdout and `bench/results/latest.json`. No absolute number is asserted anywhere.
 """
@@ -81,6 +83,7 @@ def database_benchmark(admin_url: str, owner_url: str, runtime_url: str, queries
     from sqlalchemy import create_engine, func, select, text
     from sqlalchemy.orm import Session
 
+    from worker.db.engine import get_engine
     from worker.db.models import Organization, TestSet
     from worker.db.session import tenant_session
 
@@ -90,7 +93,10 @@ def database_benchmark(admin_url: str, owner_url: str, runtime_url: str, queries
         db.add(Organization(id=org, name="bench"))
         db.flush()
         db.add_all([TestSet(organization_id=org, name=f"s{i}") for i in range(20)])
-    runtime = create_engine(runtime_url)
+    # The worker's engines: DISCARD ALL on return; the other one only rolls back (what SQLAlchemy does by default).
+    runtime = get_engine(runtime_url, pool_size=5, max_overflow=0, pool_timeout=30)
+    no_reset = get_engine(runtime_url, pool_size=5, max_overflow=0, pool_timeout=30, discard_on_return=False,
+                          pool_reset_on_return="rollback")
     admin = create_engine(admin_url)
 
     def plain() -> float:
@@ -100,24 +106,27 @@ def database_benchmark(admin_url: str, owner_url: str, runtime_url: str, queries
                 db.execute(text("select count(*) from test_set where organization_id = :o"), {"o": org}).scalar()
         return queries / (time.perf_counter() - started)
 
-    def tenant() -> float:
+    def tenant(engine=runtime) -> float:  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         for _ in range(queries):
-            with tenant_session(org, None, engine=runtime) as db:
+            with tenant_session(org, None, engine=engine) as db:
                 db.scalar(select(func.count()).select_from(TestSet))
         return queries / (time.perf_counter() - started)
 
-    plain(), tenant()  # warm-up
-    plain_runs, tenant_runs = [], []
+    plain(), tenant(), tenant(no_reset)  # warm-up
+    plain_runs, tenant_runs, no_reset_runs = [], [], []
     for _ in range(ROUNDS):
         plain_runs.append(plain())
         tenant_runs.append(tenant())
-    for engine in (owner, runtime, admin):
+        no_reset_runs.append(tenant(no_reset))
+    for engine in (owner, admin):
         engine.dispose()
     return {
         "baseline_queries_per_s": round(statistics.median(plain_runs), 1),
         "tenant_queries_per_s": round(statistics.median(tenant_runs), 1),
         "query_ratio": round(statistics.median(tenant_runs) / statistics.median(plain_runs), 3),
+        "tenant_without_reset_queries_per_s": round(statistics.median(no_reset_runs), 1),
+        "reset_ratio": round(statistics.median(tenant_runs) / statistics.median(no_reset_runs), 3),
     }
 
 
@@ -129,9 +138,11 @@ def main() -> int:
         from worker.db.migrate import migrate
 
         migrate(db.owner_url, db.runtime_url)
-        env = base_environment(redis_base_url(RUN_DIR), db, f"twbench-{secrets.token_hex(4)}:")
-        results = {"tasks": task_benchmark(env), "database": database_benchmark(db.admin_url, db.owner_url,
-                                                                                db.runtime_url)}
+        results = {}
+        if "--database-only" not in sys.argv:
+            env = base_environment(redis_base_url(RUN_DIR), db, f"twbench-{secrets.token_hex(4)}:")
+            results["tasks"] = task_benchmark(env)
+        results["database"] = database_benchmark(db.admin_url, db.owner_url, db.runtime_url)
     finally:
         from worker.db.engine import reset_engines
 

@@ -13,7 +13,7 @@ from worker.db import MigrationError
 from worker.db.migrate import RUNTIME_TABLE_PRIVILEGES, migrate
 from worker.db.models import RLS_TABLES, TENANT_TABLES, Base
 
-EXPECTED_EXPR = "nullif(current_setting('app.current_organization'::text, true), ''::text))::uuid"
+EXPECTED_EXPR = " select tenant_guard.current_organization() as current_organization)"
 ALL_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
 
@@ -60,7 +60,7 @@ def test_row_level_security_enabled_and_forced(pgdb) -> None:
         assert row.relrowsecurity and row.relforcerowsecurity, row
 
 
-def test_policies_use_nullif_in_using_and_with_check(pgdb) -> None:
+def test_policies_use_the_sealed_tenant_in_using_and_with_check(pgdb) -> None:
     engine = _admin(pgdb)
     with engine.connect() as conn:
         policies = conn.execute(text(
@@ -101,6 +101,13 @@ def test_runtime_role_is_powerless(pgdb) -> None:
         assert not conn.execute(text("select has_schema_privilege(:r, 'public', 'CREATE')"), {"r": runtime}).scalar()
         assert not conn.execute(text("select has_database_privilege(:r, current_database(), 'CREATE')"),
                                 {"r": runtime}).scalar()
+        # A temporary table would shadow a tenant table on a pooled connection for every later borrower.
+        assert not conn.execute(text("select has_database_privilege(:r, current_database(), 'TEMPORARY')"),
+                                {"r": runtime}).scalar()
+        assert not conn.execute(text("select has_database_privilege('public', current_database(), 'TEMPORARY')"),
+                                {"r": runtime}).scalar()
+        assert not conn.execute(text("select has_table_privilege(:r, 'tenant_guard.connection_key', "
+                                     "'SELECT,INSERT,UPDATE,DELETE')"), {"r": runtime}).scalar()
     engine.dispose()
 
 
@@ -143,7 +150,7 @@ def test_migrate_twice_is_a_no_op(make_database) -> None:
     before = _catalog_snapshot(db)
     migrate(db.owner_url, db.runtime_url)
     assert _catalog_snapshot(db) == before
-    assert before["version"] == ["0001"]
+    assert before["version"] == ["0002"]
 
 
 def test_migrate_reapplies_grants_and_removes_extra_rights(make_database) -> None:

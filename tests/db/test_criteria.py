@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, delete, func, insert, select, text, update
+from sqlalchemy import create_engine, delete, func, insert, literal, select, text, update
 from sqlalchemy.orm import aliased, selectinload
 from sqlalchemy.pool import NullPool
 
@@ -124,3 +124,42 @@ def test_orm_insert_and_update_statements_cannot_write_another_organization(with
         db.execute(update(TestSet).where(TestSet.name == "mine").values(organization_id=uuid.UUID(orgs[0])))
     with tenant_session(orgs[1], engine=engine) as db:
         assert db.scalar(select(func.count()).select_from(TestSet)) == 1  # untouched
+
+
+def test_multi_row_and_core_writes_cannot_write_another_organization(without_rls) -> None:
+    _db, engine, orgs, _ids = without_rls
+    table = TestSet.__table__
+    mine, theirs = uuid.UUID(orgs[0]), uuid.UUID(orgs[1])
+    attempts = {
+        "multi-row values": insert(TestSet).values([{"organization_id": mine, "name": "a"},
+                                                    {"organization_id": theirs, "name": "b"}]),
+        "Core multi-row values": table.insert().values([{"organization_id": mine, "name": "a"},
+                                                        {"organization_id": theirs, "name": "b"}]),
+        "Core positional values": table.insert().values([(uuid.uuid4(), theirs, None, "b")]),
+        "Core update": table.update().values(organization_id=theirs),
+        "Core ordered update": table.update().ordered_values((table.c.organization_id, theirs)),
+        "from_select": insert(TestSet).from_select(["organization_id", "name"],
+                                                   select(literal(theirs), literal("copied"))),
+        "expression": insert(TestSet).values(organization_id=select(Organization.id).where(
+            Organization.id == theirs).scalar_subquery(), name="sneaky"),
+    }
+    for what, statement in attempts.items():
+        with tenant_session(orgs[0], engine=engine) as db, pytest.raises(TenantConflictError):
+            db.execute(statement)
+            pytest.fail(f"{what} was not refused")
+    with tenant_session(orgs[0], engine=engine) as db:  # its own organization, several rows at once: fine
+        db.execute(insert(TestSet).values([{"organization_id": mine, "name": "x"},
+                                           {"organization_id": mine, "name": "y"}]))
+    with tenant_session(orgs[1], engine=engine) as db:
+        assert db.scalar(select(func.count()).select_from(TestSet)) == 1  # nothing arrived
+
+
+def test_core_update_and_delete_through_a_session_are_filtered(without_rls) -> None:
+    _db, engine, orgs, _ids = without_rls
+    table, tests = TestSet.__table__, Test.__table__
+    with tenant_session(orgs[1], engine=engine) as db:
+        assert db.execute(table.update().values(name="renamed")).rowcount == 1
+        assert db.execute(tests.delete()).rowcount == 2
+    with tenant_session(orgs[0], engine=engine) as db:
+        assert db.scalar(select(func.count()).where(TestSet.name == "renamed")) == 0
+        assert db.scalar(select(func.count()).select_from(Test)) == 4

@@ -3,8 +3,11 @@
 Row-level security is the real boundary. This layer makes a development database without RLS (or a role
 that bypasses it) still return only the tenant's rows through the ORM, and stops the ORM from writing a row
 for another organization before PostgreSQL would (flushed objects, and ``insert(Model)``/``update(Model)``
-statements). The legacy ``bulk_*`` methods bypass ORM events and are not covered, nor is raw SQL
-(``text()``, Core statements on tables): only RLS covers those.
+statements, single- and multi-row, ORM or Core, run through a Session). Core UPDATE/DELETE on a tenant
+``Table`` run through a Session are filtered like ORM ones; ``INSERT ... FROM SELECT`` into a tenant table and
+tenant columns written as SQL expressions are refused, since their values are unknown before they run. Not
+covered: the legacy ``bulk_*`` methods (they bypass ORM events), raw SQL (``text()``, ``exec_driver_sql``),
+and anything run on a Connection instead of a Session; only RLS covers those.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Alias, Table, event, inspect
+from sqlalchemy import Alias, BindParameter, ClauseElement, Table, event, inspect
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
 
 from worker.db.models import TENANT_TABLES, Organization, TenantMixin
@@ -40,6 +43,13 @@ def _filter_by_tenant(state: ORMExecuteState) -> None:
     if not (state.is_select or state.is_update or state.is_delete):
         return
     org = uuid.UUID(tenant.organization_id)
+    if (state.is_update or state.is_delete) and not state.is_orm_statement:
+        # Core UPDATE/DELETE on a Table: loader criteria need an entity, so filter the target directly.
+        table = state.statement.table
+        column = _tenant_column(table)
+        if column is not None:
+            state.statement = state.statement.where(table.c[column] == org)
+        return
     # The lambdas are cached by SQLAlchemy; ``org`` becomes a bound parameter, not part of the cache key.
     statement = state.statement.options(
         with_loader_criteria(TenantMixin, lambda cls: cls.organization_id == org, include_aliases=True),
@@ -58,37 +68,57 @@ def _filter_by_tenant(state: ORMExecuteState) -> None:
     state.statement = statement
 
 
-def _refuse_foreign_values(state: ORMExecuteState, org: str) -> None:
-    """``insert(Model)`` / ``update(Model)`` statements may not write another organization's id.
+def _tenant_column(table: Any) -> str | None:
+    """``organization_id`` (or ``id`` for ``organization``) when ``table`` is a tenant table, else None."""
+    if not isinstance(table, Table) or table.schema not in (None, "public"):
+        return None
+    if table.name == "organization":
+        return "id"
+    return "organization_id" if table.name in _TENANT_TABLE_NAMES else None
 
-    The values come from ``.values(...)`` on the statement or from the parameter list of an executemany.
+
+def _refuse_foreign_values(state: ORMExecuteState, org: str) -> None:
+    """INSERT and UPDATE statements on a tenant table may not write another organization's id.
+
+    ORM (``insert(Model)``) and Core (``Model.__table__.update()``) statements alike; the values come from
+    ``.values(...)`` (one row, several rows, or ordered), or from the parameter list of an executemany. A value
+    this layer cannot read before the database does (a SQL expression, ``INSERT ... FROM SELECT``) is refused.
     """
-    mapper = state.bind_mapper
-    if mapper is None or not issubclass(mapper.class_, TenantMixin):
+    statement = state.statement
+    table = getattr(statement, "table", None)
+    column = _tenant_column(table)
+    if column is None:
         return
-    written: list[Any] = []
-    for column, value in (getattr(state.statement, "_values", None) or {}).items():
-        if getattr(column, "key", column) == "organization_id":
-            written.append(getattr(value, "value", value))
+    if getattr(statement, "select", None) is not None:  # Insert.from_select
+        raise TenantConflictError(f"INSERT INTO {table.name} ... FROM SELECT cannot be checked for the tenant "
+                                  "before it runs; insert the rows with values or through the ORM")
+    rows: list[Any] = [getattr(statement, "_values", None) or {}]
+    rows += [row for batch in getattr(statement, "_multi_values", None) or () for row in batch]
+    rows.append(dict(getattr(statement, "_ordered_values", None) or ()))
     parameters = state.parameters
-    for row in parameters if isinstance(parameters, list | tuple) else [parameters] if parameters else []:
-        if isinstance(row, dict) and "organization_id" in row:
-            written.append(row["organization_id"])
+    rows += list(parameters) if isinstance(parameters, list | tuple) else [parameters] if parameters else []
+    written: list[Any] = []
+    for row in rows:
+        if isinstance(row, dict):
+            written += [value for key, value in row.items() if getattr(key, "key", key) == column]
+        elif isinstance(row, list | tuple):  # positional multi-values row: in the table's column order
+            names = [c.key for c in table.columns]
+            if column in names and len(row) > names.index(column):
+                written.append(row[names.index(column)])
     for value in written:
+        if isinstance(value, BindParameter):
+            value = value.value
+        elif isinstance(value, ClauseElement):
+            raise TenantConflictError(f"{table.name} statement writes {column} as a SQL expression, which cannot be "
+                                      "checked for the tenant before it runs; write the value itself")
         if value is not None and not _same_org(value, org):
-            raise TenantConflictError(f"{mapper.class_.__name__} statement writes organization {value} in a session "
+            raise TenantConflictError(f"{table.name} statement writes organization {value} in a session "
                                       f"of organization {org}")
 
 
 def _top_level_predicate(from_: Any, org: uuid.UUID) -> Any:
-    table = from_.element if isinstance(from_, Alias) else from_
-    if not isinstance(table, Table) or table.schema is not None:
-        return None
-    if table.name == "organization":
-        return from_.c.id == org
-    if table.name in _TENANT_TABLE_NAMES:
-        return from_.c.organization_id == org
-    return None
+    column = _tenant_column(from_.element if isinstance(from_, Alias) else from_)
+    return None if column is None else from_.c[column] == org
 
 
 def _same_org(value: Any, org: str) -> bool:

@@ -35,7 +35,16 @@ RUNTIME_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     for table in RLS_TABLES
 }
 _ALL_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
-CURRENT_ORG_SQL = "nullif(current_setting('app.current_organization', true), '')::uuid"
+#: What every policy compares the tenant column with (revision 0002): the sealed setting, once per statement.
+CURRENT_ORG_SQL = "(select tenant_guard.current_organization())"
+#: What the runtime role may execute in schema tenant_guard (it may read none of its tables).
+GUARD_FUNCTIONS = ("tenant_guard.register_connection()", "tenant_guard.enter(text, text, text)",
+                   "tenant_guard.current_organization()")
+#: Relations are looked up in public before the session's temporary schema, which is otherwise searched first.
+SEARCH_PATH = "public, pg_temp"
+#: Catalog objects that show other sessions' statements (with their literal values) to any role of the same name.
+QUERY_TEXT_VIEWS = ("pg_catalog.pg_stat_activity",)
+QUERY_TEXT_FUNCTIONS = ("pg_catalog.pg_stat_get_activity(integer)", "pg_catalog.pg_stat_get_backend_activity(integer)")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -108,6 +117,11 @@ def apply_grants(connection: Connection, runtime: str) -> None:
     else:
         log.warning("the migration role does not own schema public; cannot revoke CREATE on it from PUBLIC")
     connection.execute(text(f"GRANT CONNECT ON DATABASE {database} TO {role}"))
+    restrict_session_state(connection, runtime)
+    connection.execute(text(f"GRANT USAGE ON SCHEMA tenant_guard TO {role}"))
+    connection.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA tenant_guard FROM {role}"))
+    for function in GUARD_FUNCTIONS:
+        connection.execute(text(f"GRANT EXECUTE ON FUNCTION {function} TO {role}"))
     connection.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
     # Start from nothing so that rights granted by an earlier revision (or by hand) do not linger.
     connection.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}"))
@@ -123,6 +137,44 @@ def apply_grants(connection: Connection, runtime: str) -> None:
         {"tables": list(RLS_TABLES)}).scalars().all()
     for sequence in sequences:
         connection.execute(text(f"GRANT USAGE, SELECT ON SEQUENCE public.{_quote(connection, sequence)} TO {role}"))
+
+
+def restrict_session_state(connection: Connection, runtime: str | None) -> None:
+    """No temporary objects for the runtime role, and ``public`` before ``pg_temp`` for every new session.
+
+    A temporary ``test_set`` would shadow ``public.test_set`` for the rest of the pooled connection's life,
+    whoever borrows it next. The database owner may revoke what PUBLIC got by default; a TEMPORARY grant made by
+    someone else survives and the catalog check then refuses.
+    """
+    database = _quote(connection, connection.execute(text("select current_database()")).scalar_one())
+    if not connection.execute(text("select pg_has_role(current_user, datdba, 'USAGE') from pg_database "
+                                   "where datname = current_database()")).scalar():
+        log.warning("the migration role does not own the database; cannot revoke TEMPORARY or set search_path")
+        return  # the catalog check names what is missing
+    connection.execute(text(f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC"))
+    if runtime is not None:
+        connection.execute(text(f"REVOKE TEMPORARY ON DATABASE {database} FROM {_quote(connection, runtime)}"))
+    # The database default is what DISCARD ALL / RESET ALL return to, so a reset connection keeps it.
+    connection.execute(text(f"ALTER DATABASE {database} SET search_path = {SEARCH_PATH}"))
+
+
+def query_text_readers(connection: Connection, runtime: str) -> list[str]:
+    """The catalog objects through which ``runtime`` can read other sessions' statements (empty when none)."""
+    readable = [view for view in QUERY_TEXT_VIEWS if connection.execute(
+        text("select has_table_privilege(:r, :v, 'SELECT')"), {"r": runtime, "v": view}).scalar()]
+    readable += [function for function in QUERY_TEXT_FUNCTIONS if connection.execute(
+        text("select has_function_privilege(:r, :f, 'EXECUTE')"), {"r": runtime, "f": function}).scalar()]
+    return readable
+
+
+#: What an operator (a superuser) runs once in the application database; `worker.dev.provision` does the same.
+QUERY_TEXT_REVOKE_SQL = (
+    "REVOKE SELECT ON pg_catalog.pg_stat_activity FROM PUBLIC; "
+    "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer) FROM PUBLIC; "
+    "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_stat_get_backend_activity(integer) FROM PUBLIC; "
+    "GRANT SELECT ON pg_catalog.pg_stat_activity TO pg_read_all_stats; "
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer) TO pg_read_all_stats; "
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_backend_activity(integer) TO pg_read_all_stats")
 
 
 def _normalize(expression: str | None) -> str:
@@ -144,8 +196,7 @@ def verify_row_security(connection: Connection, runtime: str | None) -> None:
         if not flags.relrowsecurity or not flags.relforcerowsecurity:
             problems.append(f"table {table} lacks ENABLE and FORCE ROW LEVEL SECURITY")
         # PostgreSQL stores the expression deparsed; this is its deparsed form of CURRENT_ORG_SQL.
-        expected = _normalize(f"({column} = (nullif(current_setting('app.current_organization'::text, true), "
-                              "''::text))::uuid)")
+        expected = _normalize(f"({column} = ( select tenant_guard.current_organization() as current_organization))")
         policies = connection.execute(text(
             "select policyname, permissive, cmd, qual, with_check from pg_policies "
             "where schemaname = 'public' and tablename = :t"), {"t": table}).all()
@@ -171,8 +222,38 @@ def verify_row_security(connection: Connection, runtime: str | None) -> None:
     if runtime is not None and connection.execute(
             text("select has_schema_privilege(:r, 'public', 'CREATE')"), {"r": runtime}).scalar():
         problems.append(f"runtime role {runtime} may CREATE in schema public (granted by someone else?)")
+    if runtime is not None:
+        problems += _session_state_problems(connection, runtime)
     if problems:
         raise MigrationError("row-level security check failed:\n  " + "\n  ".join(problems))
+
+
+def _session_state_problems(connection: Connection, runtime: str) -> list[str]:
+    problems = []
+    if connection.execute(text("select has_database_privilege(:r, current_database(), 'TEMPORARY')"),
+                          {"r": runtime}).scalar():
+        problems.append(f"runtime role {runtime} may create temporary tables, which shadow the tenant tables on a "
+                        "pooled connection (TEMPORARY granted by someone other than the database owner?)")
+    readable = connection.execute(text(
+        "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = 'tenant_guard' and has_table_privilege(:r, c.oid, 'SELECT,INSERT,UPDATE,DELETE') "
+        "order by 1"), {"r": runtime}).scalars().all()
+    if readable:
+        problems.append(f"runtime role {runtime} may touch tenant_guard.{', tenant_guard.'.join(readable)}, which "
+                        "holds the connection keys that seal the tenant setting")
+    for function in GUARD_FUNCTIONS:
+        if connection.execute(text("select to_regprocedure(:f) is null"), {"f": function}).scalar():
+            problems.append(f"function {function} is missing")
+        elif not connection.execute(text("select has_function_privilege(:r, :f, 'EXECUTE')"),
+                                    {"r": runtime, "f": function}).scalar():
+            problems.append(f"runtime role {runtime} may not execute {function}")
+    defaults = connection.execute(text(
+        "select array_to_string(s.setconfig, ',') from pg_db_role_setting s "
+        "where s.setdatabase = (select oid from pg_database where datname = current_database()) "
+        "and s.setrole = 0")).scalar() or ""
+    if f"search_path={SEARCH_PATH}" not in defaults.replace('"', ""):
+        problems.append(f"database default search_path is not {SEARCH_PATH!r} ({defaults or 'none'})")
+    return problems
 
 
 def migrate(migration_url: str, runtime_url: str, *, allow_owner_runtime: bool = False) -> None:
@@ -202,9 +283,16 @@ def migrate(migration_url: str, runtime_url: str, *, allow_owner_runtime: bool =
             if same_role:
                 log.warning("RUNTIME ROLE %r OWNS THE TABLES: tenant isolation rests on FORCE ROW LEVEL SECURITY "
                             "alone and the role can switch it off. Never run like this outside development.", owner)
+                restrict_session_state(connection, None)
             else:
                 apply_grants(connection, runtime)
             verify_row_security(connection, None if same_role else runtime)
+            readers = [] if same_role else query_text_readers(connection, runtime)
+            if readers:
+                # Only a superuser can revoke these, and migrate runs as the owner: an operator step.
+                log.warning("runtime role %r can read other sessions' statements through %s; run as a superuser "
+                            "in this database: %s (see docs/database.md)", runtime, ", ".join(readers),
+                            QUERY_TEXT_REVOKE_SQL)
     finally:
         engine.dispose()
     log.info("database migrated; runtime role %s granted %s", runtime,

@@ -6,6 +6,9 @@ transaction-local value dies with the transaction, so a connection goes back to 
 ``after_begin`` listener puts the tenant back for each new transaction of the same Session (after a commit
 inside a ``tenant_session`` block, for instance). An AUTOCOMMIT connection would drop the value after each
 statement, so it is refused.
+
+Since revision 0002 the settings are written by ``tenant_guard.enter`` with a proof made from the connection's
+key (``worker/db/guard.py``), so that SQL which sets ``app.current_organization`` itself gets no rows.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-from worker.db import criteria
+from worker.db import criteria, guard
 from worker.db.criteria import TENANT_INFO_KEY, session_tenant
 from worker.db.engine import get_engine, refuse_autocommit
 from worker.errors import TenantContextError
@@ -25,9 +28,6 @@ from worker.tenant.context import Tenant, normalize_id
 
 __all__ = ["TENANT_INFO_KEY", "session_tenant", "set_tenant", "tenant_session"]
 
-# Both settings in one round trip.
-_SET_TENANT = text("select set_config('app.current_organization', :org, true), "
-                   "set_config('app.current_user', :usr, true)")
 # Set while a Session's root transaction holds a connection, so that set_tenant knows to apply at once.
 _CONNECTED_KEY = "worker.db.tenant_connected"
 
@@ -41,7 +41,9 @@ def _tenant(organization_id: object, user_id: object) -> Tenant:
 
 def _apply(connection: Connection, tenant: Tenant) -> None:
     refuse_autocommit(connection)
-    connection.execute(_SET_TENANT, {"org": tenant.organization_id, "usr": tenant.user_id or ""})
+    # One round trip, as the plain set_config it replaces: tenant_guard.enter checks the proof and sets both
+    # settings plus the seal that the policies require (revision 0002; see worker/db/guard.py).
+    connection.execute(guard.ENTER, guard.enter_parameters(connection, tenant.organization_id, tenant.user_id or ""))
 
 
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:

@@ -43,6 +43,7 @@ def provision_database(admin_url: str, prefix: str = "tw") -> ProvisionedDatabas
         conn.execute(text(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC'))
         conn.execute(text(f'GRANT CONNECT ON DATABASE "{name}" TO "{runtime}"'))
     engine.dispose()
+    hide_other_sessions_statements(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
     base = make_url(admin_url).set(database=name, password=password)
     return ProvisionedDatabase(
         name=name,
@@ -50,6 +51,24 @@ def provision_database(admin_url: str, prefix: str = "tw") -> ProvisionedDatabas
         runtime_url=base.set(username=runtime).render_as_string(hide_password=False),
         admin_url=make_url(admin_url).set(database=name).render_as_string(hide_password=False),
     )
+
+
+def hide_other_sessions_statements(database_admin_url: str) -> None:
+    """As a superuser in that database: only pg_read_all_stats may read other sessions' statements.
+
+    By default every role sees the query text (literal values included) of all sessions of its own role, which
+    for the runtime role are the other tenants' tasks. `migrate` runs as the owner and cannot do this itself;
+    it warns when it is missing.
+    """
+    from worker.db.migrate import QUERY_TEXT_REVOKE_SQL
+
+    engine = _admin_engine(database_admin_url)
+    try:
+        with engine.connect() as conn:
+            for statement in QUERY_TEXT_REVOKE_SQL.split("; "):
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
 
 
 def drop_database(admin_url: str, db: ProvisionedDatabase) -> None:
