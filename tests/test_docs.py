@@ -145,14 +145,14 @@ def _write_secret(path: Path, content: str | bytes) -> None:
 def run_container_block(block: Block, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """Start the block's ``docker run`` from a directory with ``secrets/``, use the worker and Flower, stop it."""
     from config import load_settings
-    from tests.support.tls import make_pki, start_tls_redis
+    from tests.support.tls import make_pki, start_tls_redis_or_skip
     from worker.app import create_app
 
     request.getfixturevalue("image")  # built once per session by tests/conftest.py
     engine = request.getfixturevalue("engine")
     run_dir, db = request.getfixturevalue("run_dir"), request.getfixturevalue("migrated_database")
     pki = make_pki(tmp_path / "pki")
-    redis_url, redis_proc = start_tls_redis(run_dir, pki)
+    redis_url, redis_proc = start_tls_redis_or_skip(run_dir, pki)
     flower_port, name, flower_auth = free_port(), f"doctest-{secrets.token_hex(4)}", "ops:doc-test"
     secrets_dir = tmp_path / "work" / "secrets"
     secrets_dir.mkdir(parents=True)
