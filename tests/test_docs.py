@@ -11,8 +11,6 @@ import secrets
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import yaml
 from tests.conftest import ROOT, WorkerProcess, detect_engine, start_worker_process
 from tests.support.doc_blocks import Block, all_blocks, doc_files
 from tests.support.doc_run import clean_environment, make_shims, run_python, run_shell, start_shell, uses
+from tests.support.http import http_status
 from worker.dev.services import free_port
 
 BLOCKS, PARSE_PROBLEMS = all_blocks()
@@ -121,21 +120,6 @@ def run_python_block(block: Block, request: pytest.FixtureRequest, tmp_path: Pat
 
 # -- the README's docker run, against a TLS Redis and PostgreSQL made for it -----------------------------------
 
-def _http_status(url: str, auth: str | None = None) -> int:
-    import base64
-
-    request = urllib.request.Request(url)  # noqa: S310 - http://127.0.0.1 only
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http://127.0.0.1 only
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 def _write_secret(path: Path, content: str | bytes) -> None:
     """Like a user with umask 077 would: readable by the owner (here root) only, not by the container's user."""
     path.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -183,10 +167,10 @@ def run_container_block(block: Block, request: pytest.FixtureRequest, tmp_path: 
         assert result.get(timeout=30) == f"Message: from the docs, Organization: {org}, User: {user}"
         flower = f"http://127.0.0.1:{flower_port}/api/workers"
         deadline = time.monotonic() + 60
-        while _http_status(flower, flower_auth) != 200 and time.monotonic() < deadline:
+        while http_status(flower, flower_auth) != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _http_status(flower, flower_auth) == 200, log.read_text(errors="replace")[-4000:]
-        assert _http_status(flower) == 401
+        assert http_status(flower, flower_auth) == 200, log.read_text(errors="replace")[-4000:]
+        assert http_status(flower) == 401
         subprocess.run([*engine, "stop", "--time", "60", name], capture_output=True, timeout=90, check=False)
         status = proc.wait(90)
         assert status == 0, f"{block.where} ended with {status}:\n{log.read_text(errors='replace')[-4000:]}"

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.container.conftest import SLEEP_TASKS, client_for, host_environment, run_entrypoint, wait_for
+from tests.support.http import http_status
 from worker.dev.services import free_port, start_redis
 
 pytestmark = pytest.mark.timeout(240)
@@ -152,20 +150,6 @@ def test_startup_log_masks_secrets(worker_env, start_entrypoint, container_db):
 
 
 # -- Flower ----------------------------------------------------------------------------------------------------
-def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(url)  # noqa: S310 - http://127.0.0.1 only
-    if auth:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http://127.0.0.1 only
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 def wait_for_flower(port: int, entry) -> None:  # type: ignore[no-untyped-def]
     def answers() -> bool:
         assert entry.proc.poll() is None, entry.log()[-4000:]
