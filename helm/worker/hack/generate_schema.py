@@ -289,7 +289,8 @@ def worker_entry() -> dict[str, Any]:
 # Options that are not under `config:`, and why. Everything else that is not secret is there, under the camelCase
 # of its name (config_key); secret options (URLs, credentials) are under `secret:`.
 NOT_IN_CONFIG: dict[str, str] = {
-    **{option.name: "per worker pool: workerDefaults / workers[]" for option in OPTIONS if option.group == "worker"},
+    **{option.name: "per worker pool: workerDefaults / workers[]"
+       for option in OPTIONS if option.name.startswith("CELERY_WORKER_")},
     "REDIS_SSL_CERT_REQS": "redisTls.certReqs, beside the CA and client certificate it applies to",
     "REDIS_SSL_CA_CERTS": "path of the CA bundle the chart mounts from redisTls.ca",
     "REDIS_SSL_CERTFILE": "path of the client certificate the chart mounts from redisTls.clientCert",
