@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from config.spec import Boolean, Choice, Credentials, FilePath, Integer, Option, Pattern, Text, Url, WordList
+from config.spec import Boolean, Choice, Credentials, FilePath, Integer, Option, Parser, Pattern, Text, Url, WordList
 
 REDIS_SCHEMES = ("redis", "rediss")
 DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres")
@@ -31,6 +31,32 @@ class KiBOrAuto(Integer):
 
     def parse(self, raw: str) -> int | str:  # type: ignore[override]
         return "auto" if raw.strip().lower() == "auto" else super().parse(raw)
+
+
+TENANT_SIGNING_KEY_MIN_LENGTH = 32  # worker/tenant/signing.py MIN_KEY_LENGTH; config must not import the worker
+
+
+class SigningKeys(Parser):
+    """Comma-separated HMAC keys, the first one signing; empty means signing is off. Reasons never quote a key."""
+
+    type_hint = "tuple[str, ...]"
+    allowed = (f"comma-separated keys of at least {TENANT_SIGNING_KEY_MIN_LENGTH} characters without whitespace "
+               "or commas, all different (the first signs, all verify), or empty")
+
+    def parse(self, raw: str) -> tuple[str, ...]:
+        if not raw.strip():
+            return ()
+        keys = tuple(key.strip() for key in raw.split(","))
+        for number, key in enumerate(keys, start=1):
+            if not key:
+                raise ValueError(f"key {number} is empty")
+            if any(char.isspace() for char in key):
+                raise ValueError(f"key {number} contains whitespace")
+            if len(key) < TENANT_SIGNING_KEY_MIN_LENGTH:
+                raise ValueError(f"key {number} is shorter than {TENANT_SIGNING_KEY_MIN_LENGTH} characters")
+        if len(set(keys)) != len(keys):
+            raise ValueError("names the same key twice")
+        return keys
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -93,6 +119,11 @@ OPTIONS: tuple[Option, ...] = (
            "Acknowledge after the task ran, so a killed worker's task is redelivered. Only for idempotent "
            "tasks; implies reject-on-worker-lost.", scope="app"),
     Option("RESULT_EXPIRES", Integer(60, 31536000), "3600", "Seconds results are kept.", scope="app"),
+    Option("TENANT_SIGNING_KEY", SigningKeys(), "",
+           "HMAC keys that sign the tenant of every published task message; workers then reject (dead-letter) "
+           "unsigned or badly signed messages before they run. Comma-separated for rotation: the first signs, "
+           "all verify. Empty: no signing. Producers and workers need the same keys. See docs/tenancy.md.",
+           scope="app", secret=True),
     Option("LOG_LEVEL", Choice(LOG_LEVELS), "INFO",
            "Log level of the product's own loggers (`worker.*`); Celery's follow `CELERY_WORKER_LOGLEVEL`.",
            scope="app"),

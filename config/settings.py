@@ -45,6 +45,7 @@ class Settings(SettingsBase):
     task_retry_backoff_max: int
     task_acks_late: bool
     result_expires: int
+    tenant_signing_key: tuple[str, ...]
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     celery_worker_concurrency: int
     celery_worker_prefetch_multiplier: int

@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, main: str = "worker") -> Celery
     endpoints = redis_endpoints(settings)
     app.conf.update(build_celery_config(settings, endpoints))
     from worker.message_guard import install_message_guard  # malformed messages: docs/reliability.md
-    install_message_guard(app)
+    install_message_guard(app, settings.tenant_signing_key)  # signed tenants: docs/tenancy.md
     warn_if_unverified(endpoints)
     app.autodiscover_tasks(["worker"], force=True)
     install_health_checks(app)

@@ -41,6 +41,7 @@ PLAUSIBLE_SECRET_VALUES = {
     "FLOWER_OAUTH2_KEY": "supplied-client-id",
     "FLOWER_OAUTH2_SECRET": "supplied-client-secret",
     "FLOWER_COOKIE_SECRET": "supplied-cookie-secret",
+    "TENANT_SIGNING_KEY": "supplied-signing-key-of-at-least-32-characters",
 }
 PLAUSIBLE_OTHER_SECRET_VALUE = "supplied-api-key"  # model API keys (secret.extraKeys): the image does not read them
 # Content of a file mounted from an existing Secret/ConfigMap (CA bundle, client certificate or key). The image

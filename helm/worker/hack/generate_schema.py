@@ -38,7 +38,7 @@ sys.path.insert(0, str(CHART.parent.parent))
 
 # The image's declared variables: bounds, choices and patterns of the values that set them come from there, so
 # the schema refuses what `python -m config check` would refuse at start-up.
-from config.options import BY_NAME, OPTIONS, KiBOrAuto  # noqa: E402 - needs the repository root on sys.path
+from config.options import BY_NAME, OPTIONS, TENANT_SIGNING_KEY_MIN_LENGTH, KiBOrAuto  # noqa: E402 - needs the repository root on sys.path
 from config.spec import Boolean, Choice, Integer, Option, Pattern  # noqa: E402
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -402,6 +402,13 @@ def values_yaml(current: str) -> str:
     return "\n".join(lines[:begin] + config_yaml_lines() + lines[end + 1:])
 
 
+def signing_keys(description: str) -> dict[str, Any]:
+    """TENANT_SIGNING_KEY as config/options.py SigningKeys parses it (duplicates aside, which only the image sees)."""
+    key = rf"[^\s,]{{{TENANT_SIGNING_KEY_MIN_LENGTH},}}"
+    return string(f"{description} Each key at least {TENANT_SIGNING_KEY_MIN_LENGTH} characters, no whitespace.",
+                  pattern=rf"^\s*({key}\s*(,\s*{key}\s*)*)?$")
+
+
 # -- everything else --------------------------------------------------------------------------------------------
 def secret_block() -> dict[str, Any]:
     key = {"type": "string", "minLength": 1, "pattern": r"^[-._a-zA-Z0-9]+$"}
@@ -425,6 +432,8 @@ def secret_block() -> dict[str, Any]:
         "flowerCookieSecret": string("FLOWER_COOKIE_SECRET for the chart-created Secret; set it when Flower "
                                      "uses OAuth so sessions survive restarts."),
         "redisPassword": string("Redis password KEDA's scaler uses (the workers take theirs from the URL)."),
+        "tenantSigningKey": signing_keys("TENANT_SIGNING_KEY for the chart-created Secret: comma-separated HMAC "
+                                         "keys, the first signs, all verify; empty means no signing."),
         "extra": string_map("Extra secret variables NAME: value for the chart-created Secret (model API keys such "
                             "as OPENAI_API_KEY); each reaches the workers as a variable.", False, ENV_NAME),
         "extraKeys": {"type": "array", "uniqueItems": True,
@@ -441,8 +450,10 @@ def secret_block() -> dict[str, Any]:
             "flowerOauth2Secret": key_name("FLOWER_OAUTH2_SECRET"),
             "flowerCookieSecret": key_name("FLOWER_COOKIE_SECRET (optional in the Secret)"),
             "redisPassword": key_name("the Redis password for KEDA"),
+            "tenantSigningKey": key_name("TENANT_SIGNING_KEY (optional in the Secret)"),
         }, required=["brokerUrl", "resultBackend", "databaseUrl", "migrationDatabaseUrl", "flowerBasicAuth",
-                     "flowerOauth2Key", "flowerOauth2Secret", "flowerCookieSecret", "redisPassword"]),
+                     "flowerOauth2Key", "flowerOauth2Secret", "flowerCookieSecret", "redisPassword",
+                     "tenantSigningKey"]),
     })
 
 

@@ -328,6 +328,8 @@ variable as which type, the variables the chart fixes, every declared variable, 
 {{- $entries = append $entries (list "MIGRATION_DATABASE_URL" $s.keys.migrationDatabaseUrl true) -}}
 {{- end -}}
 {{- if eq .for "worker" -}}
+{{- /* Optional: signing is off without it (an existingSecret may not hold the key). */ -}}
+{{- $entries = append $entries (list "TENANT_SIGNING_KEY" $s.keys.tenantSigningKey true) -}}
 {{- range (concat (keys $s.extra) $s.extraKeys | uniq | sortAlpha) -}}
 {{- $entries = append $entries (list . . false) -}}
 {{- end -}}
@@ -555,7 +557,7 @@ past the schema's bounds and the rules above, in some containers only.
 {{- $_ := include "tw.caSource" . -}}
 {{- $s := .Values.secret -}}
 {{- $f := .Values.flower -}}
-{{- $secretVars := list "BROKER_URL" "CELERY_RESULT_BACKEND" "DATABASE_URL" "MIGRATION_DATABASE_URL" "FLOWER_BASIC_AUTH" "FLOWER_OAUTH2_SECRET" "FLOWER_COOKIE_SECRET" -}}
+{{- $secretVars := list "BROKER_URL" "CELERY_RESULT_BACKEND" "DATABASE_URL" "MIGRATION_DATABASE_URL" "FLOWER_BASIC_AUTH" "FLOWER_OAUTH2_SECRET" "FLOWER_COOKIE_SECRET" "TENANT_SIGNING_KEY" -}}
 {{- range $k, $_ := .Values.config.extra -}}
 {{- if or (has $k $secretVars) (hasSuffix "_FILE" $k) -}}
 {{- fail (printf "config.extra.%s: secret settings do not belong in the ConfigMap; put them into the Secret (secret.* or secret.existingSecret)" $k) -}}
