@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, load_settings, mask_url
-from config.options import OPTIONS, KiBOrAuto
+from config.options import OPTIONS, KiBOrAuto, SigningKeys
 from config.spec import Boolean, Choice, Credentials, FilePath, Integer, Parser, Pattern, Text, Url, WordList
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,7 @@ REFUSED_BY = {
     Pattern: "two words/!",
     WordList: " , ",
     Credentials: "user-without-password",
+    SigningKeys: "short-key",
 }
 # Free text has no value to refuse; CELERY_WORKER_OPTS is checked when split (see the worker-args tests).
 FREE_TEXT = {"CELERY_WORKER_OPTS", "WORKER_HEALTH_DIR"}
