@@ -367,3 +367,25 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["name"] == "tenant-worker"
     assert chart["kubeVersion"] == ">=1.29.0-0"
+
+
+def test_tenant_signing_key_reaches_the_workers_only(render: Any) -> None:
+    """TENANT_SIGNING_KEY: in the chart-created Secret, an optional secretKeyRef of the workers, not of Flower."""
+    import base64
+
+    from chart_support import CHART_SECRET
+
+    key = "k" * 40
+    rendered = render({"secret": {**CHART_SECRET, "tenantSigningKey": key}, "flower": {"enabled": True}})
+    [secret] = [s for s in rendered.all("Secret") if "TENANT_SIGNING_KEY" in (s.get("data") or {})]
+    assert base64.b64decode(secret["data"]["TENANT_SIGNING_KEY"]).decode() == key
+    for deployment in rendered.all("Deployment"):
+        [container] = deployment["spec"]["template"]["spec"]["containers"][:1]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e
+                and "secretKeyRef" in e["valueFrom"]}
+        if "flower" in deployment["metadata"]["name"]:
+            assert "TENANT_SIGNING_KEY" not in refs
+        else:
+            assert refs["TENANT_SIGNING_KEY"] == {"name": secret["metadata"]["name"], "key": "TENANT_SIGNING_KEY",
+                                                  "optional": True}
+        assert key not in str(deployment)

@@ -128,7 +128,8 @@ OPTION_VALUES: dict[str, str | None] = {
     **{env: f"/config/{key}" for key, env in CONFIG_ENV.items()},
     "BROKER_URL": "/secret/brokerUrl", "CELERY_RESULT_BACKEND": "/secret/resultBackend",
     "DATABASE_URL": "/secret/databaseUrl", "MIGRATION_DATABASE_URL": "/secret/migrationDatabaseUrl",
-    "FLOWER_BASIC_AUTH": "/secret/flowerBasicAuth", "REDIS_SSL_CERT_REQS": "/redisTls/certReqs",
+    "FLOWER_BASIC_AUTH": "/secret/flowerBasicAuth", "TENANT_SIGNING_KEY": "/secret/tenantSigningKey",
+    "REDIS_SSL_CERT_REQS": "/redisTls/certReqs",
     "REDIS_SSL_CA_CERTS": None, "REDIS_SSL_CERTFILE": None, "REDIS_SSL_KEYFILE": None,  # paths of mounted files
     "CELERY_WORKER_CONCURRENCY": "/workerDefaults/concurrency",
     "CELERY_WORKER_PREFETCH_MULTIPLIER": "/workerDefaults/prefetchMultiplier",
@@ -153,6 +154,7 @@ def _node(path: str) -> dict[str, Any]:
 
 def test_every_image_option_is_bounded_by_the_schema(options: dict[str, Any]) -> None:
     """The schema refuses, per field, what `python -m config check` refuses: same bounds, choices, patterns."""
+    from config.options import SigningKeys
     from config.spec import Choice, Integer, Pattern, Url
 
     assert set(OPTION_VALUES) == set(options), "map each new image variable to the value that sets it"
@@ -174,6 +176,15 @@ def test_every_image_option_is_bounded_by_the_schema(options: dict[str, Any]) ->
                 assert "pattern" in n, f"{path}: no pattern, so any text reaches {env}"
                 assert all(re.match(n["pattern"], f"{scheme}://host/0") for scheme in parser.schemes), path
                 assert not re.match(n["pattern"], "http://host/0"), path
+            elif isinstance(parser, SigningKeys):
+                long_key, short_key = "k" * 32, "k" * 31
+                for value in ("", long_key, f"{long_key}, {'m' * 40}"):
+                    parser.parse(value)
+                    assert re.match(n["pattern"], value), (path, value)
+                for value in (short_key, f"{long_key},{short_key}", f"{long_key},", "k k" + "k" * 32):
+                    with pytest.raises(ValueError):
+                        parser.parse(value)
+                    assert not re.match(n["pattern"], value), (path, value)
 
 
 def test_every_rendered_variable_is_an_image_option(render: Any, options: dict[str, Any]) -> None:

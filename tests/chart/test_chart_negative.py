@@ -91,6 +91,12 @@ NEGATIVE = {
     "existing-secret-with-values": (
         {"secret": {"existingSecret": "env", "brokerUrl": "redis://r:6379/0"}},
         ["secret.existingSecret is set together with secret values"]),
+    "existing-secret-with-signing-key": (
+        {"secret": {"existingSecret": "env", "tenantSigningKey": "k" * 32}},
+        ["secret.existingSecret is set together with secret values"]),
+    "short-signing-key": (
+        {"secret": {"tenantSigningKey": "k" * 31}},
+        ["tenantSigningKey"]),
     "secret-in-configmap": (
         {"config": {"extra": {"DATABASE_URL": "postgresql://u:p@h/db"}}},
         ["config.extra.DATABASE_URL", "Secret"]),

@@ -590,7 +590,7 @@ past the schema's bounds and the rules above, in some containers only.
 {{- if and .Values.networkPolicy.enabled $f.enabled $f.ingress.enabled (not .Values.networkPolicy.flowerFrom) -}}
 {{- fail "networkPolicy.enabled with flower.ingress.enabled: networkPolicy.flowerFrom is empty, so Flower's NetworkPolicy admits nobody and the ingress controller cannot reach Flower. Set networkPolicy.flowerFrom to the ingress controller's pods, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]" -}}
 {{- end -}}
-{{- if and $s.existingSecret (or $s.brokerUrl $s.resultBackend $s.databaseUrl $s.migrationDatabaseUrl $s.flowerBasicAuth $s.flowerOauth2Key $s.flowerOauth2Secret $s.flowerCookieSecret $s.redisPassword $s.extra) -}}
+{{- if and $s.existingSecret (or $s.brokerUrl $s.resultBackend $s.databaseUrl $s.migrationDatabaseUrl $s.flowerBasicAuth $s.flowerOauth2Key $s.flowerOauth2Secret $s.flowerCookieSecret $s.redisPassword $s.tenantSigningKey $s.extra) -}}
 {{- fail "secret.existingSecret is set together with secret values (brokerUrl, databaseUrl, extra, ...): those would be ignored. Put them into the existing Secret, or leave existingSecret empty" -}}
 {{- end -}}
 {{- include "tw.validateValues" . -}}
