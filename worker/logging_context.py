@@ -9,6 +9,17 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 
 from worker.tenant.context import current_tenant
 
+# Longer values (ids are 36 characters) are cut: a producer's oversized header must not flood every log line.
+_MAX_FIELD_LENGTH = 80
+
+
+def printable(value: object, limit: int = _MAX_FIELD_LENGTH) -> str:
+    """A message value (tenant header, task id, error text) as one printable line: control characters, newlines
+    included, become escapes, so that a value from a message cannot forge log lines."""
+    text = str(value).encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s:%(task_context)s %(message)s"
 
 
@@ -20,10 +31,11 @@ class TaskContextFilter(logging.Filter):
         request = task.request if task else None
         task_id = getattr(request, "id", None) if request else None
         tenant = current_tenant()
-        record.task_id = task_id or "-"
-        record.task_name = (task.name if task and task_id else None) or "-"
-        record.organization_id = tenant.organization_id or (getattr(request, "organization_id", None) or "-")
-        record.user_id = tenant.user_id or (getattr(request, "user_id", None) or "-")
+        # Ids come from the message: the headers of a task that failed before its tenant was validated are raw.
+        record.task_id = printable(task_id or "-")
+        record.task_name = printable((task.name if task and task_id else None) or "-")
+        record.organization_id = printable(tenant.organization_id or getattr(request, "organization_id", None) or "-")
+        record.user_id = printable(tenant.user_id or getattr(request, "user_id", None) or "-")
         if task_id:
             record.task_context = (f" [task_id={record.task_id} task={record.task_name} "
                                    f"organization_id={record.organization_id} user_id={record.user_id}]")
