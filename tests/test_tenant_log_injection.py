@@ -36,3 +36,17 @@ def test_newline_in_a_tenant_header_forges_no_log_line(worker, client_app, heade
     assert not forged, forged
     assert any(f"\\n{FORGED}" in line for line in lines), "the value is still visible, escaped"
 
+
+
+def test_newline_in_the_task_id_forges_no_log_line(worker, client_app) -> None:
+    """Celery's own lines ("Task name[id] received/succeeded") quote the id from the message."""
+    task_id = f"id-{time.monotonic_ns()}\n{FORGED}"
+    client_app.send_task("tests.probe.tenant", task_id=task_id).get(TIMEOUT)
+    escaped = task_id.replace("\n", "\\n")
+    deadline = time.monotonic() + 10
+    while f"{escaped}] succeeded" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = worker.log().splitlines()
+    assert any(f"{escaped}] succeeded" in line for line in lines), lines[-20:]
+    forged = [line for line in lines if line.startswith(FORGED)]
+    assert not forged, forged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from celery import current_task
 from celery.signals import after_setup_logger, after_setup_task_logger
@@ -18,6 +19,23 @@ def printable(value: object, limit: int = _MAX_FIELD_LENGTH) -> str:
     included, become escapes, so that a value from a message cannot forge log lines."""
     text = str(value).encode("unicode_escape", "backslashreplace").decode("ascii")
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Control characters and the line breaks that str.splitlines() and log viewers honour.
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class OneLineFormatter(logging.Formatter):
+    """Writes every record's message on one line: messages quote message values (Celery's own "Task name[id]
+    received" lines quote the task id), which must not start a forged line. Tracebacks keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _LINE_BREAKING.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s:%(task_context)s %(message)s"
@@ -48,7 +66,7 @@ def install_filter(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, TaskContextFilter) for f in handler.filters):
             handler.addFilter(TaskContextFilter())
-            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            handler.setFormatter(OneLineFormatter(LOG_FORMAT))
 
 
 @after_setup_logger.connect(weak=False, dispatch_uid="worker.logging_context.root")
