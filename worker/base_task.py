@@ -13,30 +13,41 @@ from celery import Task
 from sqlalchemy.orm import Session
 
 from worker.errors import PermanentTaskError, TenantConflictError, TenantContextError
+from worker.logging_context import printable
 from worker.tenant.context import Tenant, current_tenant, normalize_id, reset_current_tenant, set_current_tenant
+from worker.tenant.message import NESTED_HEADERS, kwargs_conflict, message_conflict
 from worker.tenant.propagation import ORGANIZATION_HEADER, TENANT_HEADERS, USER_HEADER, tenant_of_running_task
 
 log = logging.getLogger("worker.task")
 
 
-def _header(request: Any, name: str) -> Any:
-    value = getattr(request, name, None)
-    if value is None and isinstance(getattr(request, "headers", None), dict):
-        value = request.headers.get(name)
-    return value
+def _top_level_headers(request: Any) -> dict[str, Any]:
+    """The tenant headers of the message itself: request attributes; for an eager call, ``apply(headers=...)``."""
+    if getattr(request, "is_eager", False):
+        given = getattr(request, NESTED_HEADERS, None)
+        return dict(given) if isinstance(given, dict) else {}
+    return {name: getattr(request, name, None) for name in TENANT_HEADERS}
 
 
 def tenant_from_message(request: Any, kwargs: dict[str, Any]) -> Tenant:
-    """Headers win; kwargs are the fallback for producers that only send kwargs; disagreement is an error."""
-    from_headers = Tenant.of(_header(request, ORGANIZATION_HEADER), _header(request, USER_HEADER))
-    from_kwargs = Tenant.of(kwargs.get(ORGANIZATION_HEADER), kwargs.get(USER_HEADER))
-    for field in TENANT_HEADERS:
-        a, b = getattr(from_headers, field), getattr(from_kwargs, field)
-        if a and b and a != b:
-            raise TenantConflictError(f"message header {field}={a} disagrees with kwarg {field}={b}")
+    """The top-level headers' tenant; kwargs only when the headers name no organization; any second source that
+    names another tenant is a TenantConflictError (see worker/tenant/message.py)."""
+    headers = _top_level_headers(request)
+    from_headers = Tenant.of(headers.get(ORGANIZATION_HEADER), headers.get(USER_HEADER))
+    if not getattr(request, "is_eager", False):
+        # request.headers is a nested `headers` dict here, if the message had one (self.retry republishes it).
+        conflict = message_conflict({**headers, NESTED_HEADERS: getattr(request, NESTED_HEADERS, None)}, kwargs)
+    else:
+        conflict = kwargs_conflict(from_headers, kwargs)
+    if conflict:
+        raise TenantConflictError(conflict)
     if from_headers.is_set:
-        return Tenant(from_headers.organization_id, from_headers.user_id or from_kwargs.user_id)
-    return Tenant(from_kwargs.organization_id, from_headers.user_id or from_kwargs.user_id)
+        return from_headers
+    from_kwargs = Tenant.of(kwargs.get(ORGANIZATION_HEADER), kwargs.get(USER_HEADER))
+    if from_headers.user_id and from_kwargs.user_id not in (None, from_headers.user_id):
+        raise TenantConflictError(f"message header user_id={from_headers.user_id} disagrees with kwarg "
+                                  f"user_id={from_kwargs.user_id}")
+    return Tenant(from_kwargs.organization_id, from_kwargs.user_id or from_headers.user_id)
 
 
 class BaseTask(Task):
@@ -82,7 +93,8 @@ class BaseTask(Task):
                 continue
             value = normalize_id(kwargs[name], name)
             if headers.get(name) and normalize_id(headers[name], name) != value:
-                raise TenantConflictError(f"header {name}={headers[name]} disagrees with kwarg {name}={kwargs[name]}")
+                raise TenantConflictError(
+                    f"header {name}={headers[name]!r} disagrees with kwarg {name}={kwargs[name]!r}")
             headers[name] = value
             if not self._accepts_kwarg(name):
                 kwargs.pop(name)
@@ -125,9 +137,25 @@ class BaseTask(Task):
         finally:
             reset_current_tenant(token)
 
+    def signature_from_request(self, request: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """The message a retry republishes: with this attempt's tenant as its top-level headers.
+
+        Celery republishes ``request.headers``, which is a nested ``headers`` dict when the message had one;
+        the retry must run as the tenant this attempt ran as, never as whatever that dict names.
+        """
+        request = self.request if request is None else request
+        signature = super().signature_from_request(request, *args, **kwargs)
+        headers = {name: value for name, value in (signature.options.get("headers") or {}).items()
+                   if name not in (*TENANT_HEADERS, NESTED_HEADERS)}
+        tenant = Tenant(getattr(request, ORGANIZATION_HEADER, None), getattr(request, USER_HEADER, None))
+        signature.options["headers"] = {**headers, **tenant.headers()}
+        return signature
+
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         retries = getattr(self.request, "retries", 0)
-        log.error("task %s failed after %d retries: %s: %s", self.name, retries, type(exc).__name__, exc)
+        # The error text may quote message values (an invalid header, say): one escaped line, never raw.
+        log.error("task %s failed after %d retries: %s: %s", self.name, retries, type(exc).__name__,
+                  printable(exc, limit=2000))
 
     # -- database ----------------------------------------------------------------------------------
     @contextmanager

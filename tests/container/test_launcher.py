@@ -53,8 +53,6 @@ def test_auto_max_memory_is_three_quarters_of_the_limit_per_child(tmp_path, capl
         launch = worker_launch(settings_with(CELERY_WORKER_CONCURRENCY="4"), cgroup)
     # The chart's former arithmetic (tw.pools): KiB limit * 3 / (4 * concurrency).
     assert max_memory_in(launch.argv) == str(GIB // 1024 * 3 // 16) == "196608"
-    # Celery reads CELERY_WORKER_* variables as options: the worker gets the number, not "auto".
-    assert launch.env == {"CELERY_WORKER_MAX_MEMORY_PER_CHILD": "196608"}
     assert "CELERY_WORKER_MAX_MEMORY_PER_CHILD=auto: 196608 KiB per child" in caplog.text
 
 
@@ -63,7 +61,7 @@ def test_auto_max_memory_is_capped_and_unbounded_where_it_must_be(tmp_path):
     assert max_memory_in(worker_launch(settings_with(CELERY_WORKER_CONCURRENCY="1"), huge).argv) == "1073741824"
     none = (limit_file(tmp_path, "max", "none"),)
     launch = worker_launch(settings_with(), none)
-    assert max_memory_in(launch.argv) is None and launch.env == {"CELERY_WORKER_MAX_MEMORY_PER_CHILD": "0"}
+    assert max_memory_in(launch.argv) is None
     limited = (limit_file(tmp_path, str(GIB), "limited"),)
     threads = worker_launch(settings_with(CELERY_WORKER_POOL="threads"), limited)
     assert max_memory_in(threads.argv) is None, "only prefork children are replaced"
@@ -99,7 +97,9 @@ def test_flower_credentials_reach_flower_only(tmp_path):
     secret = tmp_path / "flower-auth"
     secret.write_text("ops:very-secret-9876\n")
     env = host_environment({"ENABLE_FLOWER": "yes", "FLOWER_BASIC_AUTH_FILE": str(secret), "STUB_DIR": str(tmp_path),
-                            "WORKER_HEALTH_DIR": str(tmp_path / "health"), "ENV_FILE": "/nonexistent"})
+                            "WORKER_HEALTH_DIR": str(tmp_path / "health"), "ENV_FILE": "/nonexistent",
+                            "CELERY_WORKER_MAX_MEMORY_PER_CHILD": "auto", "CELERY_WORKER_MAX_TASKS_PER_CHILD": "0",
+                            "CELERY_RESULT_BACKEND": "redis://127.0.0.1:6379/1"})
     env["PATH"] = f"{stub}:{env['PATH']}"
     done = subprocess.run([str(ENTRYPOINT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
                           check=False)
@@ -114,3 +114,8 @@ def test_flower_credentials_reach_flower_only(tmp_path):
     assert "--task-events" in (tmp_path / "worker.argv").read_text().split()
     assert "very-secret" not in done.stderr + done.stdout
     assert "supervising the worker" in done.stderr
+    # Celery reads CELERY_* variables as options: the ones the launcher turned into argv reach neither child.
+    for child_env in (worker_env, flower_env):
+        assert "CELERY_WORKER_MAX_MEMORY_PER_CHILD=" not in child_env
+        assert "CELERY_WORKER_MAX_TASKS_PER_CHILD=" not in child_env
+        assert "CELERY_RESULT_BACKEND=" in child_env  # the app reads it

@@ -42,15 +42,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"entrypoint: 'worker' takes no arguments (got: {' '.join(args.stray)}); use CELERY_WORKER_OPTS for "
               "extra celery worker options", file=sys.stderr)
         return EX_USAGE
-    from worker.launch.command import worker_launch
+    from worker.launch.command import celery_environment, worker_launch
     from worker.launch.flower import prepare_flower, worker_environment
 
     settings = load_settings()
     worker = worker_launch(settings)
-    flower = prepare_flower(settings, os.environ) if settings.enable_flower else None
+    flower = prepare_flower(settings, celery_environment(os.environ)) if settings.enable_flower else None
     _log_settings(settings)
     HealthFiles(settings.worker_health_dir).start_role("worker")
-    worker_env = {**worker_environment(os.environ), **worker.env}
+    worker_env = celery_environment(worker_environment(os.environ))
     if flower is None:
         return _exec(worker.argv, worker_env)
     from worker.launch.command import shown_command
@@ -62,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
 def flower(_args: argparse.Namespace) -> int:
     _setup_logging()
+    from worker.launch.command import celery_environment
     from worker.launch.flower import prepare_flower
 
     settings = load_settings()
-    launch = prepare_flower(settings, os.environ)
+    launch = prepare_flower(settings, celery_environment(os.environ))
     _log_settings(settings)
     HealthFiles(settings.worker_health_dir).start_role("flower")
     return _exec(launch.argv, launch.env)

@@ -24,7 +24,9 @@ from worker.errors import TenantContextError
 
 #: ``ConnectionRecord.info`` key of the connection's tenant key (bytes).
 KEY_INFO = "worker.db.tenant_key"
-ENTER = text("select tenant_guard.enter(:org, :usr, :proof)")
+# check_user (revision 0003) refuses a user of another organization in the same round trip (SQLSTATE TW001).
+ENTER = text("select tenant_guard.enter(:org, :usr, :proof), tenant_guard.check_user(:org, :usr)")
+FOREIGN_USER_SQLSTATE = "TW001"
 _HAS_GUARD = ("select coalesce(has_function_privilege(to_regprocedure('tenant_guard.register_connection()'), "
               "'EXECUTE'), false)")
 

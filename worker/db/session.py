@@ -18,12 +18,13 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from worker.db import criteria, guard
 from worker.db.criteria import TENANT_INFO_KEY, session_tenant
 from worker.db.engine import get_engine, refuse_autocommit
-from worker.errors import TenantContextError
+from worker.errors import TenantConflictError, TenantContextError
 from worker.tenant.context import Tenant, normalize_id
 
 __all__ = ["TENANT_INFO_KEY", "session_tenant", "set_tenant", "tenant_session"]
@@ -43,7 +44,14 @@ def _apply(connection: Connection, tenant: Tenant) -> None:
     refuse_autocommit(connection)
     # One round trip, as the plain set_config it replaces: tenant_guard.enter checks the proof and sets both
     # settings plus the seal that the policies require (revision 0002; see worker/db/guard.py).
-    connection.execute(guard.ENTER, guard.enter_parameters(connection, tenant.organization_id, tenant.user_id or ""))
+    try:
+        connection.execute(guard.ENTER, guard.enter_parameters(connection, tenant.organization_id,
+                                                               tenant.user_id or ""))
+    except DBAPIError as exc:
+        if getattr(exc.orig, "pgcode", None) == guard.FOREIGN_USER_SQLSTATE:
+            raise TenantConflictError(f"user_id {tenant.user_id} is a user of another organization than "
+                                      f"{tenant.organization_id}") from None
+        raise
 
 
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:

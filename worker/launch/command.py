@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from config import Settings, mask_url
-from config.options import BY_NAME
+from config.options import BY_NAME, OPTIONS
 from config.worker_command import worker_argv
 from worker.launch.memory import CGROUP_LIMIT_FILES, auto_max_memory_per_child, memory_limit_bytes
 
@@ -17,13 +18,23 @@ log = logging.getLogger("entrypoint")
 
 MAX_MEMORY = "CELERY_WORKER_MAX_MEMORY_PER_CHILD"
 
+# Celery's command line reads every CELERY_* variable as an option (click auto_envvar_prefix="CELERY"):
+# CELERY_WORKER_MAX_TASKS_PER_CHILD=0, our "unlimited", would become --max-tasks-per-child=0 and stop the worker.
+# The launcher has turned these (the options only it reads) into argv already, so celery must not see them again.
+# CELERY_RESULT_BACKEND and CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT stay: the worker's app reads them, and as celery
+# options they are the same URL (--result-backend) or no option of `celery worker` at all.
+CELERY_CLI_VARIABLES = tuple(option.name for option in OPTIONS
+                             if option.name.startswith("CELERY_") and option.scope == "worker")
+
+
+def celery_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment to exec celery with: without our CELERY_* options that the argv already carries."""
+    return {name: value for name, value in environ.items() if name not in CELERY_CLI_VARIABLES}
+
 
 @dataclass(frozen=True)
 class WorkerLaunch:
     argv: list[str]
-    # Variables to set in the worker's environment: celery reads CELERY_WORKER_* variables as options too, so
-    # `auto` must not reach it.
-    env: dict[str, str] = field(default_factory=dict)
 
 
 def worker_launch(settings: Settings, cgroup_files: tuple[Path, ...] = CGROUP_LIMIT_FILES) -> WorkerLaunch:
@@ -40,7 +51,7 @@ def worker_launch(settings: Settings, cgroup_files: tuple[Path, ...] = CGROUP_LI
         log.info("%s=auto: %d KiB per child (3/4 of the %d-byte memory limit over concurrency %d)", MAX_MEMORY,
                  kib, limit, settings.celery_worker_concurrency)
     resolved = dataclasses.replace(settings, celery_worker_max_memory_per_child=kib)
-    return WorkerLaunch(worker_argv(resolved), {MAX_MEMORY: str(kib)})
+    return WorkerLaunch(worker_argv(resolved))
 
 
 def shown_command(argv: list[str]) -> str:

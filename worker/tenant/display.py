@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.logging_context import printable
+
 KWARGSREPR_HEADER = "kwargsrepr"
 TENANT_ENTRY = "[tenant]"
 _ENTRY_KEY = repr(TENANT_ENTRY)
@@ -23,8 +25,8 @@ _MAX_ID_LENGTH = 64
 
 
 def _shown(value: Any) -> str:
-    text = str(value) if value else "-"
-    return text if len(text) <= _MAX_ID_LENGTH else text[:_MAX_ID_LENGTH] + "..."
+    # Escaped: the value comes from a message and lands in Flower's pages and in anything that logs kwargsrepr.
+    return printable(value, limit=_MAX_ID_LENGTH) if value else "-"
 
 
 def tenant_label(organization_id: Any, user_id: Any) -> str:
