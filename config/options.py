@@ -115,9 +115,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("TASK_MAX_RETRIES", Integer(0, 100), "3", "Automatic retries of a failing task.", scope="app"),
     Option("TASK_RETRY_BACKOFF_MAX", Integer(1, 86400), "600",
            "Cap, in seconds, of the exponential retry backoff (jitter is applied).", scope="app"),
-    Option("TASK_ACKS_LATE", Boolean(), "no",
-           "Acknowledge after the task ran, so a killed worker's task is redelivered. Only for idempotent "
-           "tasks; implies reject-on-worker-lost.", scope="app"),
+    Option("TASK_ACKS_LATE", Boolean(), "yes",
+           "Acknowledge after the task ran, so that a killed worker's tasks run again (implies reject-on-worker-"
+           "lost); a task may then run twice, so make its effect idempotent (docs/reliability.md, Delivery). "
+           "`no` loses the prefetched and running tasks of a killed worker.", scope="app"),
     Option("RESULT_EXPIRES", Integer(60, 31536000), "3600", "Seconds results are kept.", scope="app"),
     Option("TENANT_SIGNING_KEY", SigningKeys(), "",
            "HMAC keys that sign the tenant of every published task message; workers then reject (dead-letter) "
@@ -129,8 +130,9 @@ OPTIONS: tuple[Option, ...] = (
            scope="app"),
     # -- worker process (read by entrypoint.sh through `python -m config worker-args`) --------
     Option("CELERY_WORKER_CONCURRENCY", Integer(1, 1000), "8", "Worker processes/threads.", scope="worker"),
-    Option("CELERY_WORKER_PREFETCH_MULTIPLIER", Integer(1, 1000), "4",
-           "Messages reserved per process/thread.", scope="worker"),
+    Option("CELERY_WORKER_PREFETCH_MULTIPLIER", Integer(1, 1000), "1",
+           "Messages reserved per process/thread. Prefetched messages wait for their worker; 1 costs nothing "
+           "measurable on Redis.", scope="worker"),
     Option("CELERY_WORKER_MAX_TASKS_PER_CHILD", Integer(0, 10000000), "1000",
            "Tasks a pool process runs before it is replaced (0 = unlimited).", scope="worker"),
     Option("CELERY_WORKER_MAX_MEMORY_PER_CHILD", KiBOrAuto(0, 1073741824), "0",
@@ -152,10 +154,12 @@ OPTIONS: tuple[Option, ...] = (
     # -- health ----------------------------------------------------------------------------------
     Option("WORKER_HEALTH_DIR", Text("a writable directory"), "/tmp/worker-health",  # noqa: S108 - the one writable path of a read-only image
            "Where the worker keeps its heartbeat file and ready marker.", scope="health"),
-    Option("WORKER_HEARTBEAT_INTERVAL", Integer(1, 3600), "10",
+    Option("WORKER_HEARTBEAT_INTERVAL", Integer(1, 3600), "2",
            "Seconds between heartbeat file updates while the consumer is alive.", scope="health"),
-    Option("WORKER_HEARTBEAT_MAX_AGE", Integer(2, 86400), "60",
-           "Age in seconds after which the healthcheck calls a heartbeat stale.", scope="health"),
+    Option("WORKER_HEARTBEAT_MAX_AGE", Integer(2, 86400), "10",
+           "Age in seconds after which the healthcheck calls a heartbeat stale (keep it above "
+           "`WORKER_HEARTBEAT_INTERVAL`). A heartbeat whose worker process is gone is stale at once.",
+           scope="health"),
     Option("WORKER_BROKER_LOST_EXIT_AFTER", Integer(0, 86400), "300",
            "Seconds without a broker connection (also at start-up) after which the worker stops beating and exits "
            "with status 1. 0 = never (not recommended: a worker without a broker then looks healthy).",

@@ -60,7 +60,7 @@ BAD_VALUES = [
     ("CELERY_WORKER_HOSTNAME", "bad name/with spaces", "has characters that are not allowed"),
     ("REDIS_KEY_PREFIX", "tenant worker", "has characters that are not allowed"),
     ("FLOWER_PORT", "70000", "is above the maximum"),
-    ("WORKER_HEARTBEAT_MAX_AGE", "5", "is not above WORKER_HEARTBEAT_INTERVAL"),
+    ("WORKER_HEARTBEAT_MAX_AGE", "2", "is not above WORKER_HEARTBEAT_INTERVAL"),
 ]
 
 

@@ -188,3 +188,29 @@ def test_worker_gives_up_when_the_broker_is_never_reached(session_env, run_dir, 
     assert elapsed >= BOUND
     assert "could not reach the broker" in log
     assert not (health / "heartbeat").exists() and not (health / "ready").exists()
+
+
+def test_healthcheck_reports_a_killed_worker_at_once(session_env, run_dir, broker, tmp_path) -> None:
+    """The heartbeat names its process: once that is gone (here a zombie not yet reaped) the check fails at once,
+    although the heartbeat is still fresh; the default WORKER_HEARTBEAT_MAX_AGE bounds a stuck consumer to 10 s."""
+    import signal
+
+    from config.options import BY_NAME
+    from worker.health.check import healthcheck
+
+    health = tmp_path / "health"
+    env = {**worker_env(session_env, broker, health, BOUND), "WORKER_HEARTBEAT_MAX_AGE": "60"}
+    worker = start_worker_process(env, run_dir, pool="threads", concurrency=1)
+    try:
+        wait_for((health / "ready").exists, 15, "the ready marker")
+        check_env = {"WORKER_HEALTH_DIR": str(health), "WORKER_HEARTBEAT_MAX_AGE": "60"}
+        assert healthcheck(environ=check_env)[0] == 0
+        worker.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: healthcheck(environ=check_env)[0] == 1, 1.0, "the healthcheck to fail")
+        assert time.monotonic() - killed < 1.0
+        assert "is gone" in healthcheck(environ=check_env)[1]
+    finally:
+        worker.stop()
+    assert int(BY_NAME["WORKER_HEARTBEAT_MAX_AGE"].default) <= 10
+    assert int(BY_NAME["WORKER_HEARTBEAT_INTERVAL"].default) < int(BY_NAME["WORKER_HEARTBEAT_MAX_AGE"].default)

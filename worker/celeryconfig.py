@@ -43,10 +43,14 @@ def build_celery_config(settings: Settings, endpoints: dict[str, RedisEndpoint] 
         # Set explicitly: Celery warns at startup when these are left to their defaults.
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
-        "broker_connection_max_retries": 10,
+        # Unbounded: the health watchdog ends the worker after WORKER_BROKER_LOST_EXIT_AFTER instead (a count of
+        # retries ended it after about 110 s whatever that setting said).
+        "broker_connection_max_retries": None,
         "broker_channel_error_retry": True,
-        # A task running while the connection drops would run twice after redelivery.
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Off: cancelling writes to the result backend (the worker died when that Redis was down too), and is not
+        # needed: a task running while the connection drops stays listed as held (worker/delivery), so it is not
+        # redelivered while it runs, and a finished one is dropped, not redelivered (docs/reliability.md).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_soft_shutdown_timeout": float(settings.celery_worker_soft_shutdown_timeout),
         # Off: when idle Celery would otherwise sleep the whole soft-shutdown timeout before exiting.
         "worker_enable_soft_shutdown_on_idle": False,

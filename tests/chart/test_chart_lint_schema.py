@@ -228,7 +228,7 @@ def test_a_stale_generated_file_fails_the_check(tmp_path: Path, name: str) -> No
     target = copy / name
     text = target.read_text()
     edited = text.replace("WORKER_HEARTBEAT_MAX_AGE", "WORKER_HEARTBEAT_MAXAGE", 1) if name.endswith(".json") \
-        else text.replace("  workerHeartbeatMaxAge: 60\n", "  workerHeartbeatMaxAge: 61\n")
+        else text.replace("  workerHeartbeatMaxAge: 10\n", "  workerHeartbeatMaxAge: 11\n")
     assert edited != text
     target.write_text(edited)
     done = _check_copy(copy)

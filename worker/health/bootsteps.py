@@ -8,6 +8,7 @@ from celery import Celery, bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state as worker_state
 
+from worker.delivery.bootsteps import install_delivery_recovery
 from worker.health.monitor import HealthMonitor
 from worker.health.shutdown_bound import bound_warm_shutdown
 from worker.health.watchdog import BrokerLossWatchdog
@@ -98,3 +99,5 @@ def install_health_checks(app: Celery) -> None:
         app.steps["worker"].add(WorkerHealth)
     if ConsumerHealth not in app.steps["consumer"]:
         app.steps["consumer"].add(ConsumerHealth)
+    # Also a liveness signal: every worker lists the deliveries it holds under a key that expires when it dies.
+    install_delivery_recovery(app)

@@ -10,6 +10,7 @@ to the broker. It reads ``WORKER_HEALTH_DIR``, ``WORKER_HEARTBEAT_MAX_AGE``, ``F
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -41,6 +42,9 @@ def healthcheck(ready: bool = False, environ: Mapping[str, str] | None = None) -
     except OSError:
         return 1, (f"unhealthy: no heartbeat file {files.path(HEARTBEAT)} (the worker has not connected yet, "
                    "or has stopped)")
+    pid = _heartbeat_pid(files.read(HEARTBEAT))
+    if pid is not None and not process_alive(pid):
+        return 1, f"unhealthy: the worker process {pid} that wrote the heartbeat is gone"
     age = int(time.time() - mtime)
     if age > max_age:
         return 1, (f"unhealthy: heartbeat is {age}s old (WORKER_HEARTBEAT_MAX_AGE={max_age}s): the consumer is "
@@ -48,6 +52,29 @@ def healthcheck(ready: bool = False, environ: Mapping[str, str] | None = None) -
     if ready and not files.exists(READY):
         return 1, "not ready: the worker is not consuming (starting, reconnecting, draining or stopping)"
     return 0, f"healthy: heartbeat {age}s old"
+
+
+def _heartbeat_pid(content: str) -> int | None:
+    try:
+        pid = json.loads(content).get("pid")
+    except (ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def flower_healthcheck(port: int, prefix: str = "", timeout: float = 5.0) -> tuple[int, str]:
