@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import ssl
 from pathlib import Path
 
@@ -168,3 +170,24 @@ def test_worker_runs_a_task_over_verified_tls(tls_redis, run_dir, migrated_datab
                                           "User: unknown")
     finally:
         assert worker.stop() == 0
+
+
+def test_celery_reads_no_raw_url_past_the_validated_tls_settings(tmp_path: Path) -> None:
+    """Celery takes CELERY_RESULT_BACKEND (and CELERY_BROKER_URL) from the environment ahead of its configuration:
+    a URL saying ssl_cert_reqs=none must not switch verification off when REDIS_SSL_CERT_REQS=required."""
+    import subprocess
+    import sys
+
+    probe = ("import json, ssl; from worker.app import app; b = app.backend; "
+             "print(json.dumps({'url': app.conf.result_backend, 'broker': app.conf.broker_url, "
+             "'reqs': int(b.connparams['ssl_cert_reqs'])}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "BROKER_", "REDIS_SSL"))}
+    env.update({"ENV_FILE": "/nonexistent/.env", "REDIS_SSL_CERT_REQS": "required",
+                "BROKER_URL": "rediss://127.0.0.1:1/0",
+                "CELERY_BROKER_URL": "rediss://127.0.0.1:2/0?ssl_cert_reqs=none",
+                "CELERY_RESULT_BACKEND": "rediss://127.0.0.1:1/1?ssl_cert_reqs=none"})
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "ssl_cert_reqs=none" not in seen["url"] and "127.0.0.1:2" not in seen["broker"], seen
+    assert seen["reqs"] == ssl.CERT_REQUIRED, seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -30,6 +31,18 @@ def _cooperative_postgres_under_gevent() -> None:
         patch_psycopg()
 
 
+# Celery reads these two variables from the environment ahead of its configuration (celery/app/utils.py), so the
+# raw URL, with whatever `ssl_cert_reqs` its query carries, would win over the validated one and its TLS options.
+_CELERY_ENVIRONMENT_URLS = {"CELERY_BROKER_URL": "broker", "CELERY_RESULT_BACKEND": "result backend"}
+
+
+def _align_celery_environment(endpoints: dict) -> None:
+    """Make the variables Celery reads itself say what the validated configuration says (never adds one)."""
+    for name, endpoint in _CELERY_ENVIRONMENT_URLS.items():
+        if name in os.environ:
+            os.environ[name] = endpoints[endpoint].url
+
+
 def create_app(settings: Settings | None = None, main: str = "worker") -> Celery:
     """Build a configured app; a client of other servers (tests, bench) may pass settings loaded for them.
 
@@ -39,6 +52,7 @@ def create_app(settings: Settings | None = None, main: str = "worker") -> Celery
     app = Celery(main)
     endpoints = redis_endpoints(settings)
     app.conf.update(build_celery_config(settings, endpoints))
+    _align_celery_environment(endpoints)
     from worker.message_guard import install_message_guard  # malformed messages: docs/reliability.md
     install_message_guard(app, settings.tenant_signing_key)  # signed tenants: docs/tenancy.md
     warn_if_unverified(endpoints)
