@@ -112,10 +112,11 @@ NEGATIVE = {
         {"config": {"brokerVisibilityTimeout": 4200}},
         ["config.brokerVisibilityTimeout (4200)", "(3600 + 600 = 4200)"]),
     "heartbeat-max-age-not-above-interval": (
-        {"config": {"workerHeartbeatMaxAge": 10}},
+        {"config": {"workerHeartbeatInterval": 10, "workerHeartbeatMaxAge": 10}},
         ["config.workerHeartbeatMaxAge (10) must be above config.workerHeartbeatInterval (10)"]),
     "every-broken-rule-at-once": (
-        {"config": {"taskSoftTimeLimit": 4000, "workerHeartbeatMaxAge": 5, "taskMaxCountdown": 9000}},
+        {"config": {"taskSoftTimeLimit": 4000, "workerHeartbeatInterval": 10, "workerHeartbeatMaxAge": 5,
+                    "taskMaxCountdown": 9000}},
         ["config.taskSoftTimeLimit (4000)", "config.brokerVisibilityTimeout (7200)",
          "config.workerHeartbeatMaxAge (5)"]),
     "config-extra-shadows-an-option": (
