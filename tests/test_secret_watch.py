@@ -20,6 +20,9 @@ from tests.conftest import ROOT
 
 THROWAWAY = '''
 import os
+import shutil
+
+import pytest
 
 from tests.conftest import start_worker_process
 
@@ -27,9 +30,17 @@ NAMES = ("BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "MIGRATION_DATAB
          "TENANT_SIGNING_KEY", "LEAK_PRINT")
 
 
-def test_a_worker_runs(tmp_path):
+@pytest.fixture()
+def log_dir(tmp_path):
+    yield tmp_path / "logs"
+    if os.environ["LEAK_REMOVE_LOG"]:  # as dev_run_dir of test_make_run does: gone long before session end
+        shutil.rmtree(tmp_path / "logs")
+
+
+def test_a_worker_runs(log_dir):
+    log_dir.mkdir()
     env = {name: os.environ[name] for name in NAMES}
-    worker = start_worker_process({**env, "ENV_FILE": "/nonexistent/.env"}, tmp_path, pool="solo", concurrency=1,
+    worker = start_worker_process({**env, "ENV_FILE": "/nonexistent/.env"}, log_dir, pool="solo", concurrency=1,
                                   app="tests.support.leaky_worker_app")
     assert worker.stop() == 0
 '''
@@ -40,10 +51,11 @@ def secrets_used() -> dict[str, str]:
     return {"signing key": secrets.token_urlsafe(32), "db password": f"p@ss/{secrets.token_hex(8)}:+"}
 
 
-def run_throwaway(tmp_path: Path, redis_base: str, used: dict[str, str],
-                  leak_print: str) -> subprocess.CompletedProcess:
+def run_throwaway(tmp_path: Path, redis_base: str, used: dict[str, str], leak_print: str,
+                  remove_log: bool = False) -> subprocess.CompletedProcess:
     (tmp_path / "test_throwaway.py").write_text(THROWAWAY)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LEAK_PRINT": leak_print,
+           "LEAK_REMOVE_LOG": "1" if remove_log else "",
            "TENANT_SIGNING_KEY": used["signing key"],
            # The worker never connects to PostgreSQL here; the URL only carries a password to leak.
            "DATABASE_URL": f"postgresql://leak_user:{quote(used['db password'], safe='')}@127.0.0.1:5432/x",
@@ -62,13 +74,15 @@ def test_a_run_without_a_leak_passes(tmp_path: Path, redis_base: str, secrets_us
     assert "SECRET LEAK" not in done.stdout
 
 
-@pytest.mark.parametrize(("leak_print", "label"), [
-    ("TENANT_SIGNING_KEY", "TENANT_SIGNING_KEY of worker test-solo-"),  # raw
-    ("DATABASE_URL", "DATABASE_URL of worker test-solo-"),  # URL-encoded inside the URL
+@pytest.mark.parametrize(("leak_print", "label", "remove_log"), [
+    ("TENANT_SIGNING_KEY", "TENANT_SIGNING_KEY of worker test-solo-", False),  # raw
+    ("DATABASE_URL", "DATABASE_URL of worker test-solo-", False),  # URL-encoded inside the URL
+    ("TENANT_SIGNING_KEY", "TENANT_SIGNING_KEY of worker test-solo-", True),  # log gone by session end
 ])
 def test_a_worker_that_logs_a_secret_fails_the_run_naming_file_and_label(
-        tmp_path: Path, redis_base: str, secrets_used: dict[str, str], leak_print: str, label: str) -> None:
-    done = run_throwaway(tmp_path, redis_base, secrets_used, leak_print=leak_print)
+        tmp_path: Path, redis_base: str, secrets_used: dict[str, str], leak_print: str, label: str,
+        remove_log: bool) -> None:
+    done = run_throwaway(tmp_path, redis_base, secrets_used, leak_print=leak_print, remove_log=remove_log)
     output = done.stdout + done.stderr
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, output
     assert "1 passed" in output  # the test itself passed: only the leak check fails the run

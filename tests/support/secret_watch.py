@@ -163,10 +163,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
     leaks = config.stash.get(LEAKS_KEY, [])
+    checked = f"{len(WATCH.output_files) + len(WATCH.captured)} outputs checked against {len(WATCH.secrets)} secrets"
     if not leaks:
+        if WATCH.secrets:
+            terminalreporter.write_line(f"secret leak check: {checked}, no leak")
         return
     terminalreporter.section("secret leaks", sep="=", red=True, bold=True)
     for leak in leaks:
         terminalreporter.write_line(f"SECRET LEAK {leak}", red=True)
-    terminalreporter.write_line(f"{len(leaks)} secret leak(s) in {len(WATCH.output_files) + len(WATCH.captured)} "
-                                f"outputs checked against {len(WATCH.secrets)} secrets: the run fails", red=True)
+    terminalreporter.write_line(f"{len(leaks)} secret leak(s); {checked}: the run fails", red=True)
