@@ -15,6 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.secret_watch import (  # noqa: F401 - the hooks make the session fail on a leaked secret
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    register_environment,
+    register_output_file,
+    register_url,
+)
 from worker.dev.provision import ProvisionedDatabase, drop_database, provision_database
 from worker.dev.services import postgres_admin_url, redis_base_url
 
@@ -45,12 +52,19 @@ def migrated_database(pg_admin_url: str) -> Iterator[ProvisionedDatabase]:
     from worker.db.migrate import migrate
 
     db = provision_database(pg_admin_url, prefix="twtest")
+    register_database(db)
     migrate(db.owner_url, db.runtime_url)
     yield db
     from worker.db.engine import reset_engines
 
     reset_engines()
     drop_database(pg_admin_url, db)
+
+
+def register_database(db: ProvisionedDatabase) -> None:
+    """The roles' password (and the admin's, if any) must never reach any output of the suite."""
+    for label, url in (("owner", db.owner_url), ("runtime", db.runtime_url), ("admin", db.admin_url)):
+        register_url(f"database {db.name} {label} role", url)
 
 
 def base_environment(redis_base: str, db: ProvisionedDatabase, key_prefix: str) -> dict[str, str]:
@@ -100,6 +114,8 @@ def start_worker_process(env: dict[str, str], run_dir: Path, pool: str = "prefor
             "--queues", "celery,execution", "--hostname", node, "--loglevel", "INFO", "--without-gossip",
             "--without-mingle", *extra_args]
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    register_environment(full_env, f"worker {node}")
+    register_output_file(log_path, f"worker {node}")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     worker = WorkerProcess(node, proc, log_path, env)

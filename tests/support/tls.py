@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.secret_watch import register_private_key
 from worker.dev.services import LOCAL_HOST, _wait_for_port, free_port, start_redis
 
 
@@ -65,6 +66,7 @@ def make_pki(directory: Path) -> TestPki:
     cert_path, key_path = directory / "server.pem", directory / "server-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(key, key_path)
+    register_private_key(f"TLS private key {key_path}", key_path)
     return TestPki(ca_path, cert_path, key_path, other_path)
 
 
