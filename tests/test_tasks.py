@@ -92,7 +92,7 @@ def test_routing(client_app) -> None:
 
 def test_registered_task_names(client_app) -> None:
     names = set(client_app.tasks.keys())
-    for name in ("echo", "count_test_sets", "get_test_configuration", "manual_db_example"):
+    for name in ("echo", "count_test_sets", "get_test_configuration", "manual_db_example", "create_test_set"):
         assert f"rhesis.backend.tasks.{name}" in names
 
 

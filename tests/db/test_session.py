@@ -18,6 +18,7 @@ from worker.db.models import (
     RLS_TABLES,
     Endpoint,
     Organization,
+    TaskEffect,
     Test,
     TestConfiguration,
     TestResult,
@@ -131,6 +132,7 @@ def every_table_has_rows(pgdb, owner_engine) -> Iterator[str]:
         db.add(run)
         db.flush()
         db.add(TestResult(organization_id=org, test_run_id=run.id, test_id=test.id, status="passed"))
+        db.add(TaskEffect(organization_id=org, task_id="every-table"))
     admin = create_engine(pgdb.admin_url, poolclass=NullPool)  # a superuser: RLS does not apply
     with admin.connect() as conn:
         empty = [table for table in RLS_TABLES if not conn.scalar(text(f'select count(*) from "{table}"'))]

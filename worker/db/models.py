@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -231,6 +232,17 @@ class TestResult(TenantMixin, Base):
         back_populates="results", primaryjoin="foreign(TestResult.test_run_id) == TestRun.id")
     test: Mapped[Test] = relationship(primaryjoin="foreign(TestResult.test_id) == Test.id")
 
+
+
+class TaskEffect(TenantMixin, Base):
+    """The marker of a task whose database effect was applied (``worker.db.once``): one row per task id and
+    organization, written in the same transaction as the effect, so both commit or neither does."""
+
+    __tablename__ = "task_effect"
+    __table_args__ = (PrimaryKeyConstraint("organization_id", "task_id"),)
+
+    task_id: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
 
 #: Tables whose rows belong to one organization (row-level security on ``organization_id``), in creation order.
 _TENANT_TABLE_NAMES = {mapper.local_table.name for mapper in Base.registry.mappers

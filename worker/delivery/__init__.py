@@ -2,5 +2,6 @@
 
 * ``holdings``: which delivery tags this worker process holds (prefetched, waiting for an ETA, running).
 * ``recovery``: publishes them under a liveness key, and gives back the unacknowledged messages of dead workers.
-* ``bootsteps``: runs the recovery thread in every ``celery worker``.
+* ``handback``: on warm shutdown, stops fetching and requeues the tasks still waiting for their ETA.
+* ``bootsteps``: runs the recovery thread and the hand-back in every ``celery worker``.
 """

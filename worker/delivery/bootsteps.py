@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from worker.delivery.handback import HandBackOnShutdown
 from worker.delivery.recovery import DeliveryRecovery
 
 
@@ -44,3 +45,5 @@ def install_delivery_recovery(app: Celery) -> None:
         app.steps["worker"].add(WorkerDeliveryRecovery)
     if ConsumerDeliveryRecovery not in app.steps["consumer"]:
         app.steps["consumer"].add(ConsumerDeliveryRecovery)
+    if HandBackOnShutdown not in app.steps["consumer"]:
+        app.steps["consumer"].add(HandBackOnShutdown)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from worker.base_task import BaseTask, with_tenant_context
 from worker.db.models import TestConfiguration, TestSet
+from worker.db.once import once_per_task
 from worker.errors import InvalidIdentifierError
 from worker.tenant.context import current_tenant
 
@@ -48,3 +49,16 @@ def get_test_configuration(self: BaseTask, test_configuration_id: str, db: Sessi
 def manual_db_example(self: BaseTask) -> dict[str, int]:
     with self.get_db_session() as db:
         return {"test_set_count": db.scalar(select(func.count()).select_from(TestSet)) or 0}
+
+
+@shared_task(bind=True, base=BaseTask, name="rhesis.backend.tasks.create_test_set")
+@with_tenant_context
+@once_per_task
+def create_test_set(self: BaseTask, name: str, db: Session, description: str | None = None) -> dict[str, Any]:
+    """A writing task whose effect happens once per message, however often the message is delivered; a repeated
+    delivery returns None (see worker/db/once.py)."""
+    tenant = current_tenant()
+    test_set = TestSet(organization_id=uuid.UUID(tenant.organization_id), name=name, description=description)
+    db.add(test_set)
+    db.flush()
+    return {"id": str(test_set.id), "name": name}

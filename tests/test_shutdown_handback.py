@@ -1,0 +1,62 @@
+"""SIGTERM hands waiting (countdown) tasks back at once: another worker runs them while the first one still
+finishes its running task, which is acknowledged and not run twice (worker/delivery/handback.py)."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+
+import pytest
+import redis
+
+from tests.conftest import start_worker_process
+
+pytestmark = pytest.mark.timeout(180)
+
+APP = "tests.support.delivery_worker_app"
+LONG_SECONDS = 25.0
+WAITING = 3
+
+
+def test_sigterm_hands_countdown_tasks_to_another_worker_before_exiting(session_env, run_dir, client_app) -> None:
+    counter_url = session_env["BROKER_URL"]
+    counter_key = f"{session_env['REDIS_KEY_PREFIX']}handback-test:{secrets.token_hex(4)}"
+    client = redis.Redis.from_url(counter_url)
+    prefix = session_env["REDIS_KEY_PREFIX"]
+    first = start_worker_process(session_env, run_dir, "prefork", 1, app=APP, ping_app=client_app)
+    second = None
+    try:
+        long_task = client_app.send_task("tests.delivery.count", args=(counter_url, counter_key, LONG_SECONDS))
+        deadline = time.monotonic() + 30
+        while not client.hget(counter_key + ":started", long_task.id):
+            assert time.monotonic() < deadline, "the long task never started"
+            time.sleep(0.05)
+        waiting = [client_app.send_task("tests.delivery.count", args=(counter_url, counter_key, 0.1), countdown=4).id
+                   for _ in range(WAITING)]
+        # The first worker takes them into its timer (prefetch grows for ETA tasks): the queue empties.
+        deadline = time.monotonic() + 15
+        while client.llen(prefix + "celery") or client.hlen(prefix + "unacked") < WAITING + 1:
+            assert time.monotonic() < deadline, "the first worker did not take the countdown tasks"
+            time.sleep(0.05)
+        first.proc.send_signal(signal.SIGTERM)
+        second = start_worker_process(session_env, run_dir, "prefork", 1, app=APP, ping_app=client_app)
+        deadline = time.monotonic() + 60
+        while not all(client.hget(counter_key, task_id) for task_id in waiting):
+            assert time.monotonic() < deadline, f"the countdown tasks did not run:\n{first.log()[-3000:]}"
+            time.sleep(0.1)
+        # The point: they ran elsewhere while the first worker was still finishing its long task.
+        assert first.proc.poll() is None, "the first worker had exited already: nothing was handed back early"
+        assert not client.hget(counter_key, long_task.id)
+        assert first.proc.wait(LONG_SECONDS + 30) == 0, first.log()[-3000:]
+        # The running task finished on the first worker and was acknowledged: it does not run again.
+        time.sleep(2)
+        counts = {key.decode(): int(value) for key, value in client.hgetall(counter_key).items()}
+        assert counts == {long_task.id: 1, **{task_id: 1 for task_id in waiting}}
+        assert "handed 3 waiting (ETA/countdown) task(s) back" in first.log()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        client.delete(counter_key, counter_key + ":started")
+        client.close()
