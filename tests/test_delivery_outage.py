@@ -27,8 +27,8 @@ PERSISTENT = ["--appendonly", "yes", "--appendfsync", "always"]
 
 # threads: 6 of 1000 tasks were lost in the one run tried (not yet explained; docs/reliability.md, "Delivery").
 @pytest.mark.parametrize("pool", ["prefork"])
-def test_worker_survives_a_redis_outage_and_loses_at_most_the_fetches_in_flight(session_env, run_dir, client_app, tmp_path: Path,
-                                                           pool: str) -> None:
+def test_worker_survives_a_redis_outage_and_loses_at_most_the_fetches_in_flight(
+        session_env, run_dir, client_app, tmp_path: Path, pool: str) -> None:
     from config import load_settings
     from worker.app import create_app
 
