@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support.secret_watch import (  # noqa: F401 - the hooks make the session fail on a leaked secret
     pytest_sessionfinish,
@@ -65,6 +66,14 @@ def register_database(db: ProvisionedDatabase) -> None:
     """The roles' password (and the admin's, if any) must never reach any output of the suite."""
     for label, url in (("owner", db.owner_url), ("runtime", db.runtime_url), ("admin", db.admin_url)):
         register_url(f"database {db.name} {label} role", url)
+
+
+@pytest.fixture(scope="module")
+def broker(session_env: dict[str, str]) -> Iterator[redis.Redis]:
+    """A plain client of the session's broker Redis (modules that start private servers define their own)."""
+    client = redis.Redis.from_url(session_env["BROKER_URL"])
+    yield client
+    client.close()
 
 
 def base_environment(redis_base: str, db: ProvisionedDatabase, key_prefix: str) -> dict[str, str]:

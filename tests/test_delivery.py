@@ -73,6 +73,16 @@ class Run:
             assert time.monotonic() < deadline, f"only {self.completed()} of {count} tasks completed"
             time.sleep(0.05)
 
+    def recover_after_last_kill(self, name: str) -> tuple[dict[str, int], float]:
+        """A fresh worker gives the killed workers' messages back; the counts and seconds from now to the end."""
+        last_kill = time.monotonic()
+        self.start_worker()
+        self.wait_for_all(timeout=REDELIVERY_BOUND)
+        redelivery = time.monotonic() - last_kill
+        counts = self.counts()
+        report(name, counts, redelivery)
+        return counts, redelivery
+
     def close(self) -> None:
         for worker in self.workers:
             if worker.proc.poll() is None:
@@ -117,12 +127,7 @@ def test_sigkilled_workers_lose_no_task(make_run, pool: str) -> None:
         run.wait_until_completed(run.completed() + 20)
         sigkill(victim.proc.pid)
         victim.proc.wait(10)
-    last_kill = time.monotonic()
-    run.start_worker()
-    run.wait_for_all(timeout=REDELIVERY_BOUND)
-    redelivery = time.monotonic() - last_kill
-    counts = run.counts()
-    report(f"{pool}, {KILLS} worker SIGKILLs", counts, redelivery)
+    counts, redelivery = run.recover_after_last_kill(f"{pool}, {KILLS} worker SIGKILLs")
     assert counts["lost"] == 0, counts
     assert redelivery < REDELIVERY_BOUND
     # At-least-once: a task killed after its effect but before its result was stored runs again. Only the tasks
@@ -143,12 +148,7 @@ def test_sigkilled_pool_children_and_then_main_process_lose_no_task(make_run) ->
     run.wait_until_completed(run.completed() + 20)
     sigkill(victim.proc.pid)
     victim.proc.wait(10)
-    last_kill = time.monotonic()
-    run.start_worker()
-    run.wait_for_all(timeout=REDELIVERY_BOUND)
-    redelivery = time.monotonic() - last_kill
-    counts = run.counts()
-    report(f"prefork, {KILLS} child SIGKILLs then the main process", counts, redelivery)
+    counts, redelivery = run.recover_after_last_kill(f"prefork, {KILLS} child SIGKILLs then the main process")
     assert counts["lost"] == 0, counts
     assert redelivery < REDELIVERY_BOUND
     # A child killed between its effect and its acknowledgement runs that task again: at most one per child kill,

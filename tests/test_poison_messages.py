@@ -75,13 +75,6 @@ MALFORMED: dict[str, tuple[str, str]] = {
 
 
 @pytest.fixture(scope="module")
-def broker(session_env: dict[str, str]) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(session_env["BROKER_URL"])
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def keys(session_env: dict[str, str]) -> dict[str, str]:
     prefix = session_env["REDIS_KEY_PREFIX"]
     return {"queue": f"{prefix}celery", "dead": f"{prefix}{DEAD_LETTER_KEY}", "unacked": f"{prefix}unacked",

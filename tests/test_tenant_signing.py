@@ -55,13 +55,6 @@ def apps(session_env: dict[str, str], client_app: Celery) -> Iterator[dict[str, 
 
 
 @pytest.fixture(scope="module")
-def broker(session_env: dict[str, str]) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(session_env["BROKER_URL"])
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def keys(session_env: dict[str, str]) -> dict[str, str]:
     prefix = session_env["REDIS_KEY_PREFIX"]
     return {"queue": f"{prefix}celery", "hold": f"{prefix}{HOLD}", "dead": f"{prefix}{DEAD_LETTER_KEY}",
