@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None, main: str = "worker") -> Celery
     warn_if_unverified(endpoints)
     app.autodiscover_tasks(["worker"], force=True)
     install_health_checks(app)
+    from worker.execution.bootsteps import install_execution  # stalled runs: docs/execution.md
+    install_execution(app, settings.execution_sweep_interval)
     return app
 
 

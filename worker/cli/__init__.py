@@ -4,7 +4,7 @@ Settings:  ``check`` (validate, print masked), ``table`` / ``update-readme`` (th
            ``worker-args`` (the validated ``celery worker`` argv, NUL-separated).
 Launcher:  ``run`` (alias ``worker``; with ``ENABLE_FLOWER=yes`` also Flower), ``flower``: validate every setting,
            log them masked, then ``exec`` celery from PATH. ``drain`` (preStop), ``healthcheck [--ready]``.
-Database:  ``migrate``, ``demo-data``. Producer: ``send``.
+Database:  ``migrate``, ``demo-data``. Execution: ``sweep``. Producer: ``send``.
 
 A bad setting exits 64 (EX_USAGE) with one line ``configuration error: ...`` on stderr, before anything starts.
 Handlers import what they need when they run, so that ``healthcheck`` never loads Celery.
@@ -74,6 +74,9 @@ def build_parser(command: str | None = None, commands: Sequence[str] | None = No
                          help="development only: accept DATABASE_URL and MIGRATION_DATABASE_URL being one role")
     demo = add("demo-data", "insert demo organizations into a migrated database", "database_commands", "demo_data")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    swept = add("sweep", "settle stalled test runs of every organization once", "execution_commands", "sweep")
+    swept.add_argument("--stall-seconds", type=int, default=None,
+                       help="a run untouched this long is stalled (default EXECUTION_STALL_SECONDS)")
     send = add("send", "enqueue a task for a tenant and print its result", "database_commands", "send")
     if command in (None, "send", "-h", "--help"):
         from worker.send import add_arguments  # imports the tenant code: only when send is asked for

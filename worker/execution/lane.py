@@ -1,0 +1,256 @@
+"""A lane: one short task's share of a run, keeping up to ``lane_cap`` tests in flight on the process loop.
+
+It claims tests in batches (leases in ``test_run_item``), calls the endpoint and the metrics for each, and stores
+each result with the lease it holds. It stops claiming after ``lane_seconds`` (so other runs' tasks interleave on
+the queue), checks for cancellation twice a second (in-flight calls are cancelled at once), renews its leases
+while calls are slow, and reports whether work is left for a successor. Database calls run one at a time on a
+thread of the lane's own, so the loop keeps serving the calls in flight meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.orm import Session
+
+from worker.db.session import tenant_session
+from worker.execution import store
+from worker.execution.endpoint import EndpointClient
+from worker.execution.metrics import Evaluator, test_verdict
+from worker.execution.spec import EndpointSpec, EvaluationCase, Invocation, MetricSpec
+from worker.tenant.context import Tenant
+
+log = logging.getLogger("worker.execution")
+T = TypeVar("T")
+
+CANCEL_POLL_SECONDS = 0.5
+FLUSH_SECONDS = 0.05
+FLUSH_SIZE = 50
+IDLE_CLAIM_SECONDS = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLimits:
+    run_cap: int
+    lane_cap: int
+    lease_seconds: int
+    lane_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TestRow:
+    id: uuid.UUID
+    prompt: str
+    expected_response: str | None
+    expectations: Sequence[Any]
+
+
+@dataclass(slots=True)
+class LaneReport:
+    claimed: int = 0
+    stored: int = 0
+    cancelled: bool = False
+    more_work: bool = False
+    final_status: str | None = None
+
+
+def expectation_metrics(test: TestRow) -> list[MetricSpec]:
+    """A test's own checks (``[{"type": "contains", "value": "refund"}]``) as deterministic metrics."""
+    metrics = []
+    for number, check in enumerate(test.expectations or (), start=1):
+        if not isinstance(check, dict):
+            continue
+        kind = str(check.get("type", "")).replace("-", "_")
+        parameters = {key: value for key, value in check.items() if key != "type"}
+        # Rhesis-style judge expectations carry their criterion; it is the judge's evaluation prompt.
+        prompt = check.get("evaluation_prompt") or check.get("criterion") if kind == "llm_judge" else None
+        metrics.append(MetricSpec(id=f"expectation-{number}", name=f"expectation {number}: {kind}", kind=kind,
+                                  parameters=parameters, evaluation_prompt=prompt))
+    return metrics
+
+
+_LOAD_TESTS = text("""
+    SELECT id, prompt, expected_response, expectations FROM public.test WHERE id = ANY(:ids)
+""").bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
+
+
+def load_tests(db: Session, ids: Sequence[uuid.UUID]) -> list[TestRow]:
+    return [TestRow(*row) for row in db.execute(_LOAD_TESTS, {"ids": list(ids)}).all()]
+
+
+def _score(outcomes: Sequence[dict[str, Any]]) -> float | None:
+    scores = [o["score"] for o in outcomes if o.get("status") == "scored" and o.get("score") is not None]
+    return sum(scores) / len(scores) if scores else None
+
+
+class Lane:
+    def __init__(self, *, tenant: Tenant, run_id: uuid.UUID, endpoint: EndpointSpec, metrics: Sequence[MetricSpec],
+                 client: EndpointClient, evaluator: Evaluator, limits: LaneLimits) -> None:
+        self.tenant = tenant
+        self.run_id = run_id
+        self.endpoint = endpoint
+        self.metrics = list(metrics)
+        self.client = client
+        self.evaluator = evaluator
+        self.limits = limits
+        self.owner = f"lane-{uuid.uuid4()}"
+        self.report = LaneReport()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execution-db")
+
+    async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def call() -> T:
+            with tenant_session(self.tenant.organization_id, self.tenant.user_id) as db:
+                return function(db, *args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    # -- one test ------------------------------------------------------------------------------------------
+    async def _execute(self, test: TestRow) -> store.StoredResult:
+        try:
+            variables = {"input": test.prompt, "prompt": test.prompt, "expected_response": test.expected_response,
+                         "test_id": str(test.id)}
+            invocation = await self.client.invoke(self.endpoint, variables)
+            if not invocation.ok:
+                return self._invocation_error(test, invocation)
+            case = EvaluationCase(input=test.prompt, output=invocation.output or "",
+                                  expected_response=test.expected_response, context=invocation.context,
+                                  latency_ms=invocation.latency_ms)
+            outcomes = await self.evaluator.evaluate_all([*self.metrics, *expectation_metrics(test)], case)
+            verdict, reason = test_verdict(outcomes)
+            as_json = [outcome.as_json() for outcome in outcomes]
+            details = {key: value for key, value in (("context", invocation.context),
+                                                     ("metadata", invocation.metadata)) if value is not None}
+            return store.StoredResult(test_id=test.id, status=verdict, output=invocation.output, reason=reason,
+                                      http_status=invocation.http_status, latency_ms=invocation.latency_ms,
+                                      attempts=invocation.attempts, score=_score(as_json), metrics=as_json,
+                                      details=details)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a defect of ours must cost one test, never the lane or the run
+            log.exception("test %s of run %s failed inside the worker", test.id, self.run_id)
+            return store.StoredResult(test_id=test.id, status="error", error_type="internal",
+                                      reason=f"internal error: {type(exc).__name__}")
+
+    @staticmethod
+    def _invocation_error(test: TestRow, invocation: Invocation) -> store.StoredResult:
+        return store.StoredResult(test_id=test.id, status="error", error_type=invocation.error_type or "internal",
+                                  reason=invocation.error, http_status=invocation.http_status,
+                                  latency_ms=invocation.latency_ms, attempts=invocation.attempts)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    async def run(self) -> LaneReport:
+        try:
+            return await self._run()
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _run(self) -> LaneReport:
+        limits = self.limits
+        started = time.monotonic()
+        in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID] = {}
+        finished: list[store.StoredResult] = []
+        last_poll = last_flush = last_renew = started
+        next_claim = started
+        drained = False  # the last claim found nothing left to claim
+        try:
+            while True:
+                now = time.monotonic()
+                if now - last_poll >= CANCEL_POLL_SECONDS:
+                    last_poll = now
+                    if await self._db(store.cancel_requested, self.run_id):
+                        self.report.cancelled = True
+                        finished.extend(await self._cancel_in_flight(in_flight))
+                        break
+                free = limits.lane_cap - len(in_flight)
+                claiming = now - started < limits.lane_seconds and now >= next_claim
+                if claiming and free and (not in_flight or free >= max(1, limits.lane_cap // 4)):
+                    ids = await self._db(store.claim, self.run_id, self.owner, free, run_cap=limits.run_cap,
+                                         lease_seconds=limits.lease_seconds)
+                    self.report.claimed += len(ids)
+                    # Nothing claimable left, as opposed to caps full while other lanes' calls are in flight.
+                    drained = not ids and not await self._db(store.claimable, self.run_id)
+                    if ids:
+                        for test in await self._db(load_tests, ids):
+                            in_flight[asyncio.create_task(self._execute(test))] = test.id
+                    else:
+                        next_claim = time.monotonic() + IDLE_CLAIM_SECONDS
+                if not in_flight:
+                    if drained or time.monotonic() - started >= limits.lane_seconds:
+                        break
+                    await asyncio.sleep(max(0.0, next_claim - time.monotonic()))
+                    continue
+                done, _ = await asyncio.wait(in_flight, timeout=FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    in_flight.pop(task)
+                    finished.append(task.result())
+                now = time.monotonic()
+                if finished and (len(finished) >= FLUSH_SIZE or now - last_flush >= FLUSH_SECONDS or not in_flight):
+                    await self._flush(finished)
+                    last_flush = now
+                if in_flight and now - last_renew >= limits.lease_seconds / 3:
+                    await self._db(store.renew, self.run_id, self.owner, list(in_flight.values()),
+                                   limits.lease_seconds)
+                    last_renew = now
+        except BaseException:
+            # Interrupted (shutdown, time limit): stop the calls and hand the unfinished tests back.
+            ids = list(in_flight.values())
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            await asyncio.shield(self._settle(finished, ids))
+            raise
+        await self._flush(finished)
+        await self._wrap_up()
+        return self.report
+
+    async def _cancel_in_flight(self, in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID]
+                                ) -> list[store.StoredResult]:
+        for task in in_flight:
+            task.cancel()
+        results = []
+        outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
+        for test_id, outcome in zip(in_flight.values(), outcomes, strict=True):
+            if isinstance(outcome, store.StoredResult):
+                results.append(outcome)  # it finished before the cancel reached it: keep it
+            else:
+                results.append(store.StoredResult(test_id=test_id, status="cancelled",
+                                                  reason="the run was cancelled while this test was running"))
+        in_flight.clear()
+        return results
+
+    async def _settle(self, finished: list[store.StoredResult], unfinished: list[uuid.UUID]) -> None:
+        try:
+            await self._flush(finished)
+            await self._db(store.release, self.run_id, self.owner, unfinished)
+        except Exception:
+            log.warning("run %s: could not hand back %d tests; their leases expire instead", self.run_id,
+                        len(unfinished), exc_info=True)
+
+    async def _flush(self, finished: list[store.StoredResult]) -> None:
+        if finished:
+            batch = list(finished)
+            finished.clear()
+            self.report.stored += await self._db(store.store_results, self.run_id, self.owner, batch)
+
+    async def _wrap_up(self) -> None:
+        def wrap_up(db: Session) -> tuple[bool, str | None]:
+            if self.report.cancelled:
+                store.cancel_untouched(db, self.run_id, include_expired=True)
+            remaining = store.progress(db, self.run_id)
+            if remaining.remaining == 0:
+                return False, store.finalize(db, self.run_id)
+            if self.report.cancelled:
+                return False, None
+            return store.needs_lane(db, self.run_id, self.limits.run_cap), None
+
+        self.report.more_work, self.report.final_status = await self._db(wrap_up)
+

@@ -1,0 +1,333 @@
+"""The durable state of a run in PostgreSQL: seeding, claiming with leases, storing results, finalising.
+
+Every function takes a tenant session (row-level security scopes it) and runs inside the caller's transaction.
+A test moves ``pending -> running (lease) -> done`` in ``test_run_item``; its result is written in the same
+transaction that moves it to ``done``, and only by the holder of its lease, so a result is stored once and a stored
+test is never claimed again. Claims lock the run row, which serialises them per run and makes the per-run cap of
+calls in flight exact across workers; an endpoint-wide cap is taken under a transaction advisory lock per endpoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import Session
+
+#: Run statuses after which nothing changes any more.
+FINAL_RUN_STATUSES = ("completed", "partial", "failed", "cancelled")
+ACTIVE_RUN_STATUSES = ("queued", "running")
+RESULT_STATUSES = ("pass", "fail", "error", "not_scored", "cancelled")
+
+_UUIDS = ARRAY(UUID(as_uuid=True))
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    id: uuid.UUID
+    status: str
+    cancel_requested: bool
+    test_configuration_id: uuid.UUID
+    endpoint_id: uuid.UUID
+    max_concurrency: int | None
+    endpoint_max_concurrency: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    pending: int
+    running: int
+    done: int
+
+    @property
+    def remaining(self) -> int:
+        return self.pending + self.running
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """One test's outcome as the lane hands it to :func:`store_results`."""
+
+    test_id: uuid.UUID
+    status: str
+    output: str | None = None
+    reason: str | None = None
+    error_type: str | None = None
+    http_status: int | None = None
+    latency_ms: float | None = None
+    attempts: int = 0
+    score: float | None = None
+    metrics: Sequence[dict[str, Any]] = ()
+    details: dict[str, Any] | None = None
+
+
+_RUN_STATE = text("""
+    SELECT r.id, r.status, r.cancel_requested_at IS NOT NULL AS cancel_requested, r.test_configuration_id,
+           c.endpoint_id, c.max_concurrency, e.max_concurrency AS endpoint_max_concurrency
+    FROM public.test_run r
+    JOIN public.test_configuration c ON c.id = r.test_configuration_id AND c.organization_id = r.organization_id
+    JOIN public.endpoint e ON e.id = c.endpoint_id AND e.organization_id = c.organization_id
+    WHERE r.id = :run_id
+""")
+
+
+def run_state(db: Session, run_id: uuid.UUID, *, lock: bool = False) -> RunState | None:
+    """The run with what claiming needs; ``lock`` takes the run row (serialises claims of one run)."""
+    statement = _RUN_STATE.text + (" FOR UPDATE OF r" if lock else "")
+    row = db.execute(text(statement), {"run_id": run_id}).one_or_none()
+    return None if row is None else RunState(*row)
+
+
+def seed_items(db: Session, run_id: uuid.UUID, test_set_id: uuid.UUID) -> int:
+    """One pending item per test of the set (idempotent); returns how many tests the run has."""
+    db.execute(text("""
+        INSERT INTO public.test_run_item (organization_id, test_run_id, test_id)
+        SELECT t.organization_id, :run_id, t.id FROM public.test t WHERE t.test_set_id = :test_set_id
+        ON CONFLICT DO NOTHING
+    """), {"run_id": run_id, "test_set_id": test_set_id})
+    total = db.scalar(text("SELECT count(*) FROM public.test_run_item WHERE test_run_id = :run_id"),
+                      {"run_id": run_id}) or 0
+    db.execute(text("UPDATE public.test_run SET total_tests = :total, updated_at = now() WHERE id = :run_id"),
+               {"run_id": run_id, "total": total})
+    return int(total)
+
+
+def progress(db: Session, run_id: uuid.UUID) -> Progress:
+    row = db.execute(text("""
+        SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'running'),
+               count(*) FILTER (WHERE state = 'done')
+        FROM public.test_run_item WHERE test_run_id = :run_id
+    """), {"run_id": run_id}).one()
+    return Progress(*(int(n) for n in row))
+
+
+def claimable(db: Session, run_id: uuid.UUID) -> int:
+    """Tests a lane could claim now, caps aside: pending, or leased by a worker that is gone."""
+    return int(db.scalar(text("""
+        SELECT count(*) FROM public.test_run_item WHERE test_run_id = :run_id
+        AND (state = 'pending' OR (state = 'running' AND lease_expires_at <= now()))
+    """), {"run_id": run_id}) or 0)
+
+
+def needs_lane(db: Session, run_id: uuid.UUID, run_cap: int) -> bool:
+    """A lane that stops hands over to a successor only when tests are claimable and the run's cap has room:
+    tests leased by live lanes are theirs, and those lanes send their own successors."""
+    state = run_state(db, run_id)
+    if state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested:
+        return False
+    return claimable(db, run_id) > 0 and _running(db, run_id) < (state.max_concurrency or run_cap)
+
+
+def _running(db: Session, run_id: uuid.UUID) -> int:
+    return int(db.scalar(text("""
+        SELECT count(*) FROM public.test_run_item
+        WHERE test_run_id = :run_id AND state = 'running' AND lease_expires_at > now()
+    """), {"run_id": run_id}) or 0)
+
+
+def _endpoint_running(db: Session, endpoint_id: uuid.UUID) -> int:
+    return int(db.scalar(text("""
+        SELECT count(*) FROM public.test_run_item i
+        JOIN public.test_run r ON r.id = i.test_run_id AND r.organization_id = i.organization_id
+        JOIN public.test_configuration c ON c.id = r.test_configuration_id AND c.organization_id = r.organization_id
+        WHERE c.endpoint_id = :endpoint_id AND i.state = 'running' AND i.lease_expires_at > now()
+    """), {"endpoint_id": endpoint_id}) or 0)
+
+
+def claim(db: Session, run_id: uuid.UUID, owner: str, want: int, *, run_cap: int,
+          lease_seconds: int) -> list[uuid.UUID]:
+    """Lease up to ``want`` claimable tests (pending, or running with an expired lease) to ``owner``.
+
+    Nothing is claimed for a run that is final or being cancelled. The run's cap (its configuration's, else
+    ``run_cap``) and the endpoint's cap bound the tests leased at once, counted over every worker.
+    """
+    state = run_state(db, run_id, lock=True)
+    if state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested or want <= 0:
+        return []
+    cap = state.max_concurrency or run_cap
+    want = min(want, cap - _running(db, run_id))
+    if state.endpoint_max_concurrency is not None and want > 0:
+        # Runs of different configurations share the endpoint: one claimer at a time counts its calls.
+        db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('execution.endpoint:' || :e, 0))"),
+                   {"e": str(state.endpoint_id)})
+        want = min(want, state.endpoint_max_concurrency - _endpoint_running(db, state.endpoint_id))
+    if want <= 0:
+        return []
+    rows = db.execute(text("""
+        UPDATE public.test_run_item i
+        SET state = 'running', lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease),
+            claims = i.claims + 1, updated_at = now()
+        FROM (
+            SELECT test_run_id, test_id FROM public.test_run_item
+            WHERE test_run_id = :run_id
+              AND (state = 'pending' OR (state = 'running' AND lease_expires_at <= now()))
+            LIMIT :want FOR UPDATE SKIP LOCKED
+        ) AS picked
+        WHERE i.test_run_id = picked.test_run_id AND i.test_id = picked.test_id
+        RETURNING i.test_id
+    """), {"run_id": run_id, "owner": owner, "lease": lease_seconds, "want": want}).scalars().all()
+    if rows and state.status == "queued":
+        db.execute(text("""
+            UPDATE public.test_run SET status = 'running', started_at = coalesce(started_at, now()),
+                   updated_at = now()
+            WHERE id = :run_id AND status = 'queued'
+        """), {"run_id": run_id})
+    return list(rows)
+
+
+def renew(db: Session, run_id: uuid.UUID, owner: str, test_ids: Iterable[uuid.UUID], lease_seconds: int) -> None:
+    """Extend the leases ``owner`` still holds (a slow call must not be handed to a second worker)."""
+    ids = list(test_ids)
+    if not ids:
+        return
+    db.execute(text("""
+        UPDATE public.test_run_item SET lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
+        WHERE test_run_id = :run_id AND test_id = ANY(:ids) AND state = 'running' AND lease_owner = :owner
+    """).bindparams(bindparam("ids", type_=_UUIDS)),
+        {"run_id": run_id, "ids": ids, "owner": owner, "lease": lease_seconds})
+    db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
+
+
+_INSERT_RESULTS = text("""
+    INSERT INTO public.test_result (organization_id, test_run_id, test_id, status, output, reason, error_type,
+                                    http_status, latency_ms, attempts, score, metrics, details)
+    SELECT i.organization_id, i.test_run_id, r.test_id, r.status, r.output, r.reason, r.error_type, r.http_status,
+           r.latency_ms, r.attempts, r.score, r.metrics, r.details
+    FROM jsonb_to_recordset(:rows) AS r(test_id uuid, status text, output text, reason text, error_type text,
+                                       http_status int, latency_ms float8, attempts int, score float8,
+                                       metrics jsonb, details jsonb)
+    JOIN public.test_run_item i ON i.test_run_id = :run_id AND i.test_id = r.test_id
+    WHERE r.test_id = ANY(:done)
+    ON CONFLICT (test_run_id, test_id) DO NOTHING
+""").bindparams(bindparam("rows", type_=JSONB), bindparam("done", type_=_UUIDS))
+
+
+def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Sequence[StoredResult]) -> int:
+    """Mark the tests done and write their results, for the tests whose lease ``owner`` still holds (any state
+    but done when ``owner`` is None: cancellation and the sweeper). Returns how many were stored."""
+    if not results:
+        return 0
+    ids = [result.test_id for result in results]
+    owned = "state = 'running' AND lease_owner = :owner" if owner is not None else "state <> 'done'"
+    done = db.execute(text(f"""
+        UPDATE public.test_run_item SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
+               updated_at = now()
+        WHERE test_run_id = :run_id AND test_id = ANY(:ids) AND {owned}
+        RETURNING test_id
+    """).bindparams(bindparam("ids", type_=_UUIDS)), {"run_id": run_id, "ids": ids, "owner": owner}).scalars().all()
+    if not done:
+        return 0
+    rows = [{
+        "test_id": str(r.test_id), "status": r.status, "output": r.output, "reason": r.reason,
+        "error_type": r.error_type, "http_status": r.http_status, "latency_ms": r.latency_ms,
+        "attempts": r.attempts, "score": r.score, "metrics": list(r.metrics), "details": r.details or {},
+    } for r in results]
+    db.execute(_INSERT_RESULTS, {"rows": rows, "run_id": run_id, "done": list(done)})
+    db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
+    return len(done)
+
+
+def release(db: Session, run_id: uuid.UUID, owner: str, test_ids: Iterable[uuid.UUID]) -> None:
+    """Give unfinished tests back to ``pending`` (a lane that stops early, say on shutdown)."""
+    ids = list(test_ids)
+    if ids:
+        db.execute(text("""
+            UPDATE public.test_run_item SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                   updated_at = now()
+            WHERE test_run_id = :run_id AND test_id = ANY(:ids) AND state = 'running' AND lease_owner = :owner
+        """).bindparams(bindparam("ids", type_=_UUIDS)), {"run_id": run_id, "ids": ids, "owner": owner})
+
+
+def cancel_untouched(db: Session, run_id: uuid.UUID, *, include_expired: bool = True) -> int:
+    """Store ``cancelled`` for every test nobody is running (pending, or leased by a worker that is gone)."""
+    expired = "OR (state = 'running' AND lease_expires_at <= now())" if include_expired else ""
+    ids = db.execute(text(f"""
+        SELECT test_id FROM public.test_run_item
+        WHERE test_run_id = :run_id AND (state = 'pending' {expired})
+        FOR UPDATE SKIP LOCKED
+    """), {"run_id": run_id}).scalars().all()
+    results = [StoredResult(test_id=test_id, status="cancelled", reason="the run was cancelled before this test ran")
+               for test_id in ids]
+    return store_results(db, run_id, None, results)
+
+
+def request_cancel(db: Session, run_id: uuid.UUID) -> str | None:
+    """Ask for the run to stop; returns its status (None when this tenant has no such run)."""
+    row = db.execute(text("""
+        UPDATE public.test_run SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+        WHERE id = :run_id AND status IN ('queued', 'running')
+        RETURNING status
+    """), {"run_id": run_id}).one_or_none()
+    if row is not None:
+        return str(row[0])
+    return db.scalar(text("SELECT status FROM public.test_run WHERE id = :run_id"), {"run_id": run_id})
+
+
+def cancel_requested(db: Session, run_id: uuid.UUID) -> bool:
+    return bool(db.scalar(text("""
+        SELECT cancel_requested_at IS NOT NULL OR status NOT IN ('queued', 'running')
+        FROM public.test_run WHERE id = :run_id
+    """), {"run_id": run_id}))
+
+
+def result_counts(db: Session, run_id: uuid.UUID) -> dict[str, int]:
+    rows = db.execute(text("SELECT status, count(*) FROM public.test_result WHERE test_run_id = :run_id "
+                           "GROUP BY status"), {"run_id": run_id}).all()
+    counts = {status: 0 for status in RESULT_STATUSES}
+    counts.update({str(status): int(n) for status, n in rows})
+    return counts
+
+
+def final_status(counts: dict[str, int], *, cancelled: bool) -> str:
+    """``cancelled`` when asked; ``failed`` when every test errored; ``partial`` when some did; else
+    ``completed`` (a run with no tests completes)."""
+    if cancelled:
+        return "cancelled"
+    total = sum(counts.values())
+    if total and counts.get("error", 0) == total:
+        return "failed"
+    if counts.get("error", 0):
+        return "partial"
+    return "completed"
+
+
+def finalize(db: Session, run_id: uuid.UUID) -> str | None:
+    """Close the run if no test is left; returns the final status when this call closed it (exactly one caller
+    does: the update is conditional on the run still being active)."""
+    state = run_state(db, run_id, lock=True)
+    if state is None or state.status not in ACTIVE_RUN_STATUSES:
+        return None
+    if progress(db, run_id).remaining:
+        return None
+    counts = result_counts(db, run_id)
+    status = final_status(counts, cancelled=state.cancel_requested)
+    error = None
+    if status == "failed":
+        error = f"every test ended in error ({counts['error']})"
+    db.execute(text("""
+        UPDATE public.test_run SET status = :status, counts = :counts, error = :error, finished_at = now(),
+               started_at = coalesce(started_at, now()), updated_at = now()
+        WHERE id = :run_id AND status IN ('queued', 'running')
+    """).bindparams(bindparam("counts", type_=JSONB)),
+        {"run_id": run_id, "status": status, "counts": counts, "error": error})
+    return status
+
+
+def fail_run(db: Session, run_id: uuid.UUID, error: str) -> None:
+    """A run that cannot execute at all (its configuration is unusable): every untouched test is stored as
+    ``error`` with the reason, and the run ends ``failed``."""
+    ids = db.execute(text("SELECT test_id FROM public.test_run_item WHERE test_run_id = :run_id AND state <> 'done'"),
+                     {"run_id": run_id}).scalars().all()
+    store_results(db, run_id, None, [StoredResult(test_id=i, status="error", error_type="invalid_endpoint",
+                                                  reason=error) for i in ids])
+    counts = result_counts(db, run_id)
+    db.execute(text("""
+        UPDATE public.test_run SET status = 'failed', counts = :counts, error = :error, finished_at = now(),
+               started_at = coalesce(started_at, now()), updated_at = now()
+        WHERE id = :run_id AND status IN ('queued', 'running')
+    """).bindparams(bindparam("counts", type_=JSONB)), {"run_id": run_id, "counts": counts, "error": error})
+

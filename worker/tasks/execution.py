@@ -1,0 +1,116 @@
+"""Test execution tasks (docs/execution.md). Names are a wire contract; all of them route to ``execution``.
+
+``execute_test_configuration`` makes (or, redelivered, finds) the run and starts its lanes; each lane is a short
+task that runs part of the run and hands over to a successor while work is left; ``cancel_test_run`` stops a run;
+``sweep`` settles stalled runs of every organization.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from celery import shared_task
+
+from worker.base_task import BaseTask
+from worker.db.models import TestConfiguration
+from worker.db.secrets import get_cipher as cipher
+from worker.errors import TenantContextError
+from worker.execution import loop, store
+from worker.execution.cancel import cancel_test_run as cancel_run
+from worker.execution.clients import clients
+from worker.execution.lane import Lane, LaneLimits
+from worker.execution.load import load_endpoint, load_metrics
+from worker.execution.runs import parse_id, start_run
+from worker.execution.settings import ExecutionSettings, execution_settings
+from worker.execution.sweeper import sweep as sweep_runs
+from worker.tenant.context import current_tenant
+
+LANE_TASK = "rhesis.backend.tasks.execution.run_lane"
+
+
+def _tenant() -> Any:
+    tenant = current_tenant()
+    if not tenant.is_set:
+        raise TenantContextError("test execution needs an organization_id header")
+    return tenant
+
+
+def lanes_for(run_cap: int, lane_cap: int, total_tests: int) -> int:
+    """Enough lanes to reach the run's cap, never more than there are tests."""
+    return max(0, min(math.ceil(run_cap / lane_cap), total_tests))
+
+
+@shared_task(bind=True, base=BaseTask, name="rhesis.backend.tasks.execute_test_configuration")
+def execute_test_configuration(self: BaseTask, test_configuration_id: str,
+                               test_run_id: str | None = None) -> dict[str, Any]:
+    """Start (or, for a redelivered message, continue) the run of ``test_configuration_id``."""
+    tenant = _tenant()
+    settings = execution_settings()
+    with self.get_db_session() as db:
+        run = start_run(db, organization_id=tenant.organization_id, user_id=tenant.user_id,
+                        test_configuration_id=test_configuration_id, task_id=self.request.id,
+                        test_run_id=test_run_id)
+        configuration = db.get(TestConfiguration, parse_id(test_configuration_id, "test_configuration_id"))
+        run_cap = (configuration.max_concurrency if configuration else None) or settings.run_cap
+        status = run.status
+        if status in store.ACTIVE_RUN_STATUSES:
+            try:
+                load_endpoint(db, configuration.endpoint_id, cipher())  # unusable: fail now, not per test
+            except Exception as exc:
+                store.fail_run(db, run.id, f"the endpoint cannot be used: {exc}"[:500])
+                status = "failed"
+        if status in store.ACTIVE_RUN_STATUSES and run.total_tests == 0:
+            status = store.finalize(db, run.id) or status
+    lanes = lanes_for(run_cap, settings.lane_cap, run.total_tests) if status in store.ACTIVE_RUN_STATUSES else 0
+    for _ in range(lanes):
+        run_lane.apply_async((str(run.id),))
+    return {"test_run_id": str(run.id), "status": status, "total_tests": run.total_tests, "lanes": lanes,
+            "created": run.created}
+
+
+async def _run_lane(lane_args: dict[str, Any], settings: ExecutionSettings) -> Any:
+    client, evaluator = await clients(settings)
+    return await Lane(client=client, evaluator=evaluator, **lane_args).run()
+
+
+@shared_task(bind=True, base=BaseTask, name=LANE_TASK)
+def run_lane(self: BaseTask, test_run_id: str) -> dict[str, Any]:
+    tenant = _tenant()
+    settings = execution_settings()
+    run_id = parse_id(test_run_id, "test_run_id")
+    with self.get_db_session() as db:
+        state = store.run_state(db, run_id)
+        if state is None or state.status not in store.ACTIVE_RUN_STATUSES:
+            return {"test_run_id": test_run_id, "skipped": "no active run"}
+        configuration = db.get(TestConfiguration, state.test_configuration_id)
+        try:
+            endpoint = load_endpoint(db, state.endpoint_id, cipher())
+        except Exception as exc:
+            store.fail_run(db, run_id, f"the endpoint cannot be used: {exc}"[:500])
+            return {"test_run_id": test_run_id, "final_status": "failed"}
+        metrics = load_metrics(db, configuration)
+    limits = LaneLimits(run_cap=state.max_concurrency or settings.run_cap, lane_cap=settings.lane_cap,
+                        lease_seconds=settings.lease_seconds, lane_seconds=settings.lane_seconds)
+    report = loop.run(_run_lane({"tenant": tenant, "run_id": run_id, "endpoint": endpoint, "metrics": metrics,
+                                 "limits": limits}, settings))
+    if report.more_work:
+        # A lane that got nothing (caps full) does not hand over at once: no busy loop of empty tasks.
+        run_lane.apply_async((test_run_id,), countdown=0 if report.claimed else 1)
+    return {"test_run_id": test_run_id, "claimed": report.claimed, "stored": report.stored,
+            "cancelled": report.cancelled, "handed_over": report.more_work, "final_status": report.final_status}
+
+
+@shared_task(bind=True, base=BaseTask, name="rhesis.backend.tasks.execution.cancel_test_run")
+def cancel_test_run(self: BaseTask, test_run_id: str) -> dict[str, Any]:
+    """Cancel a run of the message's organization (another organization's run is not found)."""
+    _tenant()
+    with self.get_db_session() as db:
+        outcome = cancel_run(db, parse_id(test_run_id, "test_run_id"))
+    return {"test_run_id": test_run_id, "found": outcome.found, "status": outcome.status}
+
+
+@shared_task(bind=True, base=BaseTask, name="rhesis.backend.tasks.execution.sweep")
+def sweep(self: BaseTask) -> dict[str, Any]:
+    """For celery beat; needs no tenant (it acts per run in that run's tenant session)."""
+    return sweep_runs(self.app, execution_settings().stall_seconds).as_json()
