@@ -51,6 +51,7 @@ image:
 
 bench: install
 	$(PY) -m bench.run
+	$(PY) -m bench.execution
 
 # The development databases live on the PostgreSQL server, not under .run: drop them first.
 clean:
