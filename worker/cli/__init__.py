@@ -74,6 +74,12 @@ def build_parser(command: str | None = None, commands: Sequence[str] | None = No
                          help="development only: accept DATABASE_URL and MIGRATION_DATABASE_URL being one role")
     demo = add("demo-data", "insert demo organizations into a migrated database", "database_commands", "demo_data")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--endpoint-url", default=None,
+                      help="point the demo endpoints at this URL (e.g. python -m worker demo-endpoint's)")
+    endpoint = add("demo-endpoint", "serve a demo LLM endpoint on loopback (answers {\"output\": ...})",
+                   "execution_commands", "demo_endpoint")
+    endpoint.add_argument("--port", type=int, default=8099)
+    endpoint.add_argument("--latency", type=float, default=0.05, help="seconds before each answer")
     swept = add("sweep", "settle stalled test runs of every organization once", "execution_commands", "sweep")
     swept.add_argument("--stall-seconds", type=int, default=None,
                        help="a run untouched this long is stalled (default EXECUTION_STALL_SECONDS)")

@@ -60,7 +60,7 @@ def demo_data(args: argparse.Namespace) -> int:
         from worker.db.demo_data import create_demo_data, format_summary
         from worker.settings import get_settings
 
-        summary = create_demo_data(get_settings().migration_url)
+        summary = create_demo_data(get_settings().migration_url, endpoint_url=args.endpoint_url)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0
 

@@ -19,3 +19,9 @@ def sweep(args: argparse.Namespace) -> int:
         return 0
 
     return _one_line_errors("sweep", body)
+
+
+def demo_endpoint(args: argparse.Namespace) -> int:
+    from worker.dev.demo_endpoint import serve
+
+    return serve(args.port, args.latency)

@@ -89,8 +89,22 @@ def _describe(db: Session, org: Organization, created: bool) -> dict[str, Any]:
     }
 
 
-def create_demo_data(migration_url: str) -> dict[str, Any]:
-    """Fill a migrated database with the demo organizations (idempotent) and describe what is there."""
+DEMO_REQUEST_MAPPING = {"input": "{{ input }}", "test_id": "{{ test_id }}"}
+DEMO_RESPONSE_MAPPING = {"output": "$.output"}
+
+
+def _point_endpoints_at(db: Session, endpoint_url: str) -> None:
+    """Make the demo endpoints callable: every one sends ``{"input", "test_id"}`` to ``endpoint_url`` and reads
+    ``$.output`` (the shape of ``python -m worker demo-endpoint``)."""
+    for endpoint in db.scalars(select(Endpoint)):
+        endpoint.url = endpoint_url
+        endpoint.request_mapping = DEMO_REQUEST_MAPPING
+        endpoint.response_mapping = DEMO_RESPONSE_MAPPING
+
+
+def create_demo_data(migration_url: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """Fill a migrated database with the demo organizations (idempotent) and describe what is there;
+    ``endpoint_url`` points every demo endpoint at a real server (see :func:`_point_endpoints_at`)."""
     if current_revision(migration_url) is None:
         raise MigrationError("the database is not migrated; run `python -m worker migrate` first")
     engine = create_engine(sqlalchemy_url(migration_url), poolclass=NullPool)
@@ -106,6 +120,9 @@ def create_demo_data(migration_url: str) -> dict[str, Any]:
                 if created:
                     _create(db, org_id, name, slug, test_sets)
                     org = db.get(Organization, org_id)
+                if endpoint_url:
+                    _point_endpoints_at(db, endpoint_url)
+                    db.flush()
                 organizations.append(_describe(db, org, created))
     finally:
         engine.dispose()
