@@ -84,6 +84,8 @@ def plan(environ: Mapping[str, str], run_dir: Path) -> DevEnvironment:
         env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
     default("ENABLE_FLOWER", "yes")
     default("CELERY_WORKER_CONCURRENCY", "2")
+    # The demo endpoint (python -m worker demo-endpoint) listens on loopback, which production refuses.
+    default("EXECUTION_ALLOW_PRIVATE_TARGETS", "yes")
     default("WORKER_HEALTH_DIR", str(run_dir / "health"))
     result = DevEnvironment(env, start_redis=not given("BROKER_URL"), provision_database=not given("DATABASE_URL"),
                             generated_flower_auth=generated_auth)

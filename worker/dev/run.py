@@ -100,7 +100,13 @@ def _run(dev: DevEnvironment, directory: Path, signals: _Signals) -> int:
           "loads them)\n"
           "Send a task from another shell (organization ids are listed above):\n"
           f"  (set -a; . {shown_env}; exec {python} -m worker send rhesis.backend.tasks.count_test_sets "
-          "--organization-id <id>)", flush=True)
+          "--organization-id <id>)\n"
+          "Execute a demo test configuration (docs/execution.md): start the demo endpoint, point the demo data at\n"
+          "it, then send a configuration id and its organization id from the listing above:\n"
+          f"  (set -a; . {shown_env}; exec {python} -m worker demo-endpoint --port 8099) &\n"
+          f"  (set -a; . {shown_env}; {python} -m worker demo-data --endpoint-url http://127.0.0.1:8099/chat "
+          f">/dev/null && exec {python} -m worker send rhesis.backend.tasks.execute_test_configuration "
+          "<configuration id> --organization-id <id>)", flush=True)
 
     # A child, not exec: the embedded servers are stopped after it exits. Its own session, so that Ctrl-C
     # reaches it once, through us (the terminal would also signal it directly, and a second SIGINT turns
