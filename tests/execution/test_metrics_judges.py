@@ -275,14 +275,18 @@ def test_keys_never_appear_in_reasons_or_logs(gemini: GeminiServer, azure: Azure
         outcomes += run(JudgeSettings(gemini_api_key=GEMINI_KEY, gemini_base_url=closed, retry=FAST_RETRY), judge())
         outcomes += run(JudgeSettings(azure_endpoint=closed, azure_api_key=AZURE_KEY, azure_deployment="d",
                                       retry=FAST_RETRY), judge())
+        # A reply whose verdict reason quotes the key (only a hostile or broken server would): redacted too.
+        gemini.fail_first, gemini.verdict = 0, {"score": True, "reason": f"your key is {GEMINI_KEY}"}
+        outcomes += run(gemini_settings(gemini), judge())
         # A key aiohttp would refuse as a header value, with an error quoting it.
         outcomes += run(JudgeSettings(gemini_api_key=GEMINI_KEY + "\r\nX: y", gemini_base_url=gemini.url), judge())
     reasons = [outcome.reason for outcome in outcomes]
-    assert [outcome.status for outcome in outcomes] == ["error"] * 6, reasons
+    assert [outcome.status for outcome in outcomes] == ["error"] * 5 + ["scored", "error"], reasons
     assert "HTTP 401" in reasons[0] and "HTTP 500: bad key [redacted] rejected" in reasons[1]
     assert "HTTP 401: key [redacted] is wrong" in reasons[2]
     assert "connection failed (ClientConnectorError)" in reasons[3] and "connection failed" in reasons[4]
-    assert "cannot carry" in reasons[5]
+    assert reasons[5] == "judge: pass: your key is [redacted]"
+    assert "cannot carry" in reasons[6]
     logs = caplog.text
     assert "retrying" in logs  # the retries were logged, and the key is not in those lines
     text = json.dumps([outcome.as_json() for outcome in outcomes]) + logs
