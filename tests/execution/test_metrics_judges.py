@@ -123,6 +123,8 @@ def test_azure_openai_request_and_reply(azure: AzureOpenAIServer) -> None:
     system, user = request.body["messages"]
     assert (system["role"], user["role"]) == ("system", "user")
     assert fenced_answer(user["content"]) == CASE.output and "untrusted data" in system["content"]
+    # Azure OpenAI refuses json_object mode (HTTP 400) unless the messages themselves ask for JSON.
+    assert "JSON" in system["content"]
 
 
 def test_azure_deployment_from_the_metric(azure: AzureOpenAIServer) -> None:
