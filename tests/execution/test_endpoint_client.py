@@ -163,7 +163,8 @@ def test_body_over_the_cap_is_refused_with_and_without_content_length(server: En
 
 def test_bearer_api_key_configured_headers_query_and_user_agent(server: EndpointServer) -> None:
     result = invoke(chat(server, path="/headers", headers={"X-Test-Id": "{{ test_id }}"},
-                         query_params={"q": "{{ input }}"}, response_mapping={"output": "$.headers", "context": "$.query"},
+                         query_params={"q": "{{ input }}"},
+                         response_mapping={"output": "$.headers", "context": "$.query"},
                          auth=EndpointAuth(kind="bearer_token", token="bearer-secret-1")), "a b&c", test_id="h1")
     assert result.ok
     assert '"Authorization": "Bearer bearer-secret-1"' in (result.output or "")

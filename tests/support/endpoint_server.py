@@ -25,7 +25,7 @@ from aiohttp import web
 
 
 class EndpointServer:
-    def __init__(self, *, client_id: str = "client-1", client_secret: str = "s3cret-client-value",
+    def __init__(self, *, client_id: str = "client-1", client_secret: str = "s3cret-client-value",  # noqa: S107 - test server
                  token_lifetime: int = 3600) -> None:
         self.url = ""
         self.client_id = client_id
@@ -138,8 +138,8 @@ class EndpointServer:
             headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
             return web.json_response({"error": "try later"}, status=self.fail_status, headers=headers)
         output = self.answer if self.answer is not None else f"echo: {payload.get('input')}"
-        return web.json_response({"output": output, "meta": {"test_id": payload.get("test_id"), "call": self.calls[key]}},
-                                 status=self.status)
+        meta = {"test_id": payload.get("test_id"), "call": self.calls[key]}
+        return web.json_response({"output": output, "meta": meta}, status=self.status)
 
     async def _text(self, request: web.Request) -> web.Response:
         await self._record(request)
