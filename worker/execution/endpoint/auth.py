@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from worker.execution.spec import EndpointAuth
 EXPIRY_MARGIN_SECONDS = 30.0
 #: A token answer without expires_in is kept this long.
 DEFAULT_TOKEN_LIFETIME = 300.0
-MAX_TOKEN_RESPONSE_BYTES = 65_536
+_CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|cookie|session|password|credential|signature")
 
 TokenKey = tuple[str, str, tuple[str, ...], str | None]
 #: (token_url, form) -> (status, body); supplied by the client so the fetch goes through the guarded session.
@@ -115,6 +116,7 @@ def secrets_of(auth: EndpointAuth) -> tuple[str, ...]:
 
 
 def is_auth_header(name: str, auth: EndpointAuth) -> bool:
+    """Headers not sent to another origin after a redirect: the auth kind's own, and configured headers whose
+    name says they carry a credential (users put keys in plain headers too)."""
     lowered = name.lower()
-    return lowered in {"authorization", "proxy-authorization", "cookie"} or (
-        auth.kind == "api_key" and lowered == auth.header_name.lower())
+    return bool(_CREDENTIAL_NAME.search(lowered)) or (auth.kind == "api_key" and lowered == auth.header_name.lower())

@@ -117,7 +117,7 @@ class EndpointClient:
     async def invoke(self, endpoint: EndpointSpec, variables: Mapping[str, Any]) -> Invocation:
         state = _CallState()
         try:
-            request = _prepare(endpoint, variables)
+            request = _prepare(endpoint, variables, self._guard)
             output, context, metadata = await with_retries(
                 self._retry, lambda _number: self._attempt(endpoint, request, state))
         except CallError as error:
@@ -253,7 +253,7 @@ class EndpointClient:
             return response.status, await response.content.read(65_536)
 
 
-def _prepare(endpoint: EndpointSpec, variables: Mapping[str, Any]) -> _Request:
+def _prepare(endpoint: EndpointSpec, variables: Mapping[str, Any], guard: TargetGuard) -> _Request:
     method = endpoint.method.upper()
     if method not in HTTP_METHODS:
         raise CallError("invalid_endpoint", f"method {endpoint.method!r} is not one of {', '.join(HTTP_METHODS)}")
@@ -263,6 +263,11 @@ def _prepare(endpoint: EndpointSpec, variables: Mapping[str, Any]) -> _Request:
         url = URL(endpoint.url)
     except (ValueError, TypeError):
         raise CallError("invalid_endpoint", "endpoint URL is not valid") from None
+    try:
+        # Early for a refused scheme or IP literal; _follow checks again on every hop.
+        guard.check_url(url)
+    except BlockedTarget as exc:
+        raise CallError("blocked_target", f"endpoint target refused: {exc}") from None
     if not url.absolute:
         raise CallError("invalid_endpoint", "endpoint URL is not absolute")
     query = render_query(endpoint, variables)
