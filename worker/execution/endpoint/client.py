@@ -22,7 +22,7 @@ from yarl import URL
 
 from worker.execution.endpoint.auth import TokenCache, auth_headers, is_auth_header, secrets_of
 from worker.execution.endpoint.errors import BlockedTarget, CallError
-from worker.execution.endpoint.guard import GuardedResolver, TargetGuard
+from worker.execution.endpoint.guard import ALLOWED_SCHEMES, GuardedResolver, TargetGuard
 from worker.execution.endpoint.mapping import map_response
 from worker.execution.endpoint.retry import parse_retry_after, with_retries
 from worker.execution.endpoint.template import render_headers, render_query, render_request_body
@@ -263,13 +263,13 @@ def _prepare(endpoint: EndpointSpec, variables: Mapping[str, Any], guard: Target
         url = URL(endpoint.url)
     except (ValueError, TypeError):
         raise CallError("invalid_endpoint", "endpoint URL is not valid") from None
+    if not url.scheme or (not url.absolute and url.scheme in ALLOWED_SCHEMES):
+        raise CallError("invalid_endpoint", "endpoint URL is not absolute")
     try:
         # Early for a refused scheme or IP literal; _follow checks again on every hop.
         guard.check_url(url)
     except BlockedTarget as exc:
         raise CallError("blocked_target", f"endpoint target refused: {exc}") from None
-    if not url.absolute:
-        raise CallError("invalid_endpoint", "endpoint URL is not absolute")
     query = render_query(endpoint, variables)
     if query:
         url = url.extend_query(query)
