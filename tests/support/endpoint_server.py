@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import json
 import threading
+import time
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +39,8 @@ class EndpointServer:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.in_flight = 0
         self.in_flight_max = 0
+        #: time.monotonic() of the first /chat call since start or reset().
+        self.first_call_at: float | None = None
         self._valid_tokens: set[str] = set()
         self._failures: collections.Counter[str] = collections.Counter()
         self._unauthorized: set[str] = set()
@@ -53,6 +57,14 @@ class EndpointServer:
         self.retry_after = retry_after
         self.status = status
         self.answer = answer
+
+    def reset(self) -> None:
+        """Forget calls and failures counted so far (between runs of a benchmark)."""
+        self.calls.clear()
+        self.requests.clear()
+        self._failures.clear()
+        self.in_flight_max = 0
+        self.first_call_at = None
 
     def total_calls(self) -> int:
         return sum(self.calls.values())
@@ -110,6 +122,13 @@ class EndpointServer:
 
     # -- handlers ----------------------------------------------------------------------------------------
 
+    def _retry_after(self) -> str:
+        """``"date:N"`` sends the HTTP-date N seconds from now; anything else is sent as it is."""
+        if self.retry_after is not None and self.retry_after.startswith("date:"):
+            when = time.time() + float(self.retry_after.removeprefix("date:"))
+            return email.utils.formatdate(when, usegmt=True)
+        return str(self.retry_after)
+
     async def _record(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         body = await request.read()
         self.requests.append((request.path, dict(request.headers), body))
@@ -125,6 +144,8 @@ class EndpointServer:
 
     async def _answer(self, payload: dict[str, Any]) -> web.Response:
         key = str(payload.get("test_id") or payload.get("input"))
+        if self.first_call_at is None:
+            self.first_call_at = time.monotonic()
         self.calls[key] += 1
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
@@ -135,7 +156,7 @@ class EndpointServer:
             self.in_flight -= 1
         if self._failures[key] < self.fail_first:
             self._failures[key] += 1
-            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+            headers = {"Retry-After": self._retry_after()} if self.retry_after is not None else {}
             return web.json_response({"error": "try later"}, status=self.fail_status, headers=headers)
         output = self.answer if self.answer is not None else f"echo: {payload.get('input')}"
         meta = {"test_id": payload.get("test_id"), "call": self.calls[key]}
