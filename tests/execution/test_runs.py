@@ -130,7 +130,7 @@ def test_flaky_endpoint_results_and_attempts(client_app, workers, data) -> None:
     cases = {
         "503 then success": ({"fail_first": 1, "fail_status": 503}, "not_scored", 2),
         "429 Retry-After seconds": ({"fail_first": 1, "fail_status": 429, "retry_after": "1"}, "not_scored", 2),
-        "429 Retry-After date": ({"fail_first": 1, "fail_status": 429, "retry_after": "date:1"}, "not_scored", 2),
+        "429 Retry-After date": ({"fail_first": 1, "fail_status": 429, "retry_after": "date:2"}, "not_scored", 2),
         "always 500": ({"fail_first": 99, "fail_status": 500}, "error", 3),
         "404": ({"fail_first": 99, "fail_status": 404}, "error", 1),
     }
