@@ -36,6 +36,11 @@ JUDGE_PROVIDERS: tuple[str, ...] = ("gemini", "azure_openai")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def _empty() -> Mapping[str, Any]:
+    # dataclasses refuse an unhashable default (a mappingproxy is one); a factory returning the shared one works.
+    return _EMPTY
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointAuth:
     kind: AuthKind = "none"
@@ -59,13 +64,13 @@ class EndpointSpec:
     id: str
     url: str
     method: str = "POST"
-    headers: Mapping[str, str] = _EMPTY
-    query_params: Mapping[str, str] = _EMPTY
+    headers: Mapping[str, str] = field(default_factory=_empty)
+    query_params: Mapping[str, str] = field(default_factory=_empty)
     request_mapping: Any = None
     request_body_template: str | None = None
     response_format: ResponseFormat = "json"
     #: Field (``output``, ``context``, ``metadata``) to JSONPath; ``output`` defaults to the whole body for text.
-    response_mapping: Mapping[str, str] = _EMPTY
+    response_mapping: Mapping[str, str] = field(default_factory=_empty)
     timeout_seconds: float = 30.0
     auth: EndpointAuth = EndpointAuth()
     #: Calls in flight to this endpoint across all workers and runs; None means no endpoint-wide limit.
@@ -106,7 +111,7 @@ class MetricSpec:
     #: Per kind: ``value`` (contains, icontains, not_contains, equals, starts_with), ``values`` (contains_any,
     #: contains_all), ``pattern`` and ``flags`` (regex), ``schema`` (is_json, optional), ``max_ms`` (latency_max_ms),
     #: ``case_sensitive`` (contains_any, contains_all, equals, starts_with; default true).
-    parameters: Mapping[str, Any] = _EMPTY
+    parameters: Mapping[str, Any] = field(default_factory=_empty)
     threshold: float | None = None
     threshold_operator: str | None = None
     evaluation_prompt: str | None = None
