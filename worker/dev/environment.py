@@ -85,6 +85,8 @@ def plan(environ: Mapping[str, str], run_dir: Path) -> DevEnvironment:
     default("ENABLE_FLOWER", "yes")
     default("CELERY_WORKER_CONCURRENCY", "2")
     default("WORKER_HEALTH_DIR", str(run_dir / "health"))
+    # Development endpoints usually listen on this machine.
+    default("EXECUTION_ALLOW_PRIVATE_TARGETS", "yes")
     result = DevEnvironment(env, start_redis=not given("BROKER_URL"), provision_database=not given("DATABASE_URL"),
                             generated_flower_auth=generated_auth)
     validate(result)
