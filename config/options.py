@@ -18,6 +18,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CERT_REQS = ("required", "optional", "none")
 CERT_REQS_ALIASES = {"CERT_REQUIRED": "required", "CERT_OPTIONAL": "optional", "CERT_NONE": "none"}
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$").match
+# API keys go into request headers: no whitespace or control characters that could split one.
+_API_KEY = r"[!-~]+"
+_MODEL_NAME = r"[A-Za-z0-9_.:/\-]+"
+_FERNET_KEY = re.compile(r"[A-Za-z0-9_\-]{43}=")
 
 
 class KiBOrAuto(Integer):
@@ -54,6 +58,35 @@ class SigningKeys(Parser):
                 raise ValueError(f"key {number} contains whitespace")
             if len(key) < TENANT_SIGNING_KEY_MIN_LENGTH:
                 raise ValueError(f"key {number} is shorter than {TENANT_SIGNING_KEY_MIN_LENGTH} characters")
+        if len(set(keys)) != len(keys):
+            raise ValueError("names the same key twice")
+        return keys
+
+
+class FernetKeys(Parser):
+    """Comma-separated Fernet keys, the first one encrypting; empty means none. Reasons never quote a key."""
+
+    type_hint = "tuple[str, ...]"
+    allowed = ("comma-separated Fernet keys (44 characters of url-safe base64, 32 bytes; "
+               "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`), "
+               "the first encrypts, all decrypt; or empty")
+
+    def parse(self, raw: str) -> tuple[str, ...]:
+        from cryptography.fernet import Fernet  # only where the option is parsed
+
+        if not raw.strip():
+            return ()
+        keys = tuple(key.strip() for key in raw.split(","))
+        for number, key in enumerate(keys, start=1):
+            if not key:
+                raise ValueError(f"key {number} is empty")
+            # base64 decoding skips characters outside its alphabet; a stray space or letter must not pass.
+            if not _FERNET_KEY.fullmatch(key):
+                raise ValueError(f"key {number} is not a Fernet key")
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                raise ValueError(f"key {number} is not a Fernet key") from None
         if len(set(keys)) != len(keys):
             raise ValueError("names the same key twice")
         return keys
@@ -125,6 +158,11 @@ OPTIONS: tuple[Option, ...] = (
            "unsigned or badly signed messages before they run. Comma-separated for rotation: the first signs, "
            "all verify. Empty: no signing. Producers and workers need the same keys. See docs/tenancy.md.",
            scope="app", secret=True),
+    Option("DB_ENCRYPTION_KEY", FernetKeys(), "",
+           "Fernet keys that encrypt endpoint secrets (auth tokens, OAuth client secrets) in the database. "
+           "Comma-separated for rotation: the first encrypts, all decrypt. Empty: endpoints with a secret cannot be "
+           "written or called. Every process that writes or calls endpoints needs the same keys.",
+           scope="app", secret=True),
     Option("LOG_LEVEL", Choice(LOG_LEVELS), "INFO",
            "Log level of the product's own loggers (`worker.*`); Celery's follow `CELERY_WORKER_LOGLEVEL`.",
            scope="app"),
@@ -167,6 +205,56 @@ OPTIONS: tuple[Option, ...] = (
     # -- flower ----------------------------------------------------------------------------------
     Option("ENABLE_FLOWER", Boolean(), "no", "Start Flower beside the worker.", scope="flower"),
     Option("FLOWER_PORT", Integer(1, 65535), "5555", "Port Flower listens on.", scope="flower"),
+    # -- test execution ------------------------------------------------------------------------
+    Option("EXECUTION_ALLOW_PRIVATE_TARGETS", Boolean(), "no",
+           "Let endpoints and OAuth token URLs resolve to loopback, private or link-local addresses; refused "
+           "unless `yes` (tests and `make run` set it).", scope="worker"),
+    Option("EXECUTION_RUN_CONCURRENCY", Integer(1, 1000), "100",
+           "Endpoint calls of one run in flight at once, when its test configuration sets no `max_concurrency`.",
+           scope="worker"),
+    Option("EXECUTION_LANE_CONCURRENCY", Integer(1, 1000), "50",
+           "Endpoint calls in flight in one lane task; a run gets ceil(run cap / this) lanes.", scope="worker"),
+    Option("EXECUTION_LEASE_SECONDS", Integer(10, 3600), "60",
+           "Seconds a test claimed by a worker stays its own; a test of a worker that died is retried after this.",
+           scope="worker"),
+    Option("EXECUTION_LANE_SECONDS", Integer(1, 3600), "5",
+           "Seconds a lane task works before it hands over to a fresh task, so that other runs' tasks interleave "
+           "on the queue.", scope="worker"),
+    Option("EXECUTION_MAX_ATTEMPTS", Integer(1, 10), "3",
+           "Attempts per endpoint call (timeouts, connection errors, 5xx and 429 are retried).", scope="worker"),
+    Option("EXECUTION_RETRY_AFTER_CAP", Integer(0, 3600), "60",
+           "Longest `Retry-After` (seconds) of a 429 that is waited for; a longer one ends the call rate limited.",
+           scope="worker"),
+    Option("EXECUTION_MAX_RESPONSE_BYTES", Integer(1024, 104857600), "1048576",
+           "Largest endpoint response body read; a larger one fails the test (`response_too_large`).",
+           scope="worker"),
+    Option("EXECUTION_MAX_OUTPUT_CHARS", Integer(256, 10485760), "65536",
+           "Characters of an endpoint's output stored in `test_result.output` (longer output is cut).",
+           scope="worker"),
+    Option("EXECUTION_SWEEP_INTERVAL", Integer(0, 86400), "30",
+           "Seconds between the worker's sweeps for stalled runs (0 disables the in-worker sweeper).",
+           scope="worker"),
+    Option("EXECUTION_STALL_SECONDS", Integer(30, 86400), "120",
+           "Seconds without progress after which a queued or running run counts as stalled and is resumed.",
+           scope="worker"),
+    # -- LLM judges --------------------------------------------------------------------------------
+    Option("GEMINI_API_KEY", Pattern(_API_KEY, "printable ASCII without whitespace"), "",
+           "Gemini API key for LLM-judge metrics; empty: no Gemini judge.", scope="worker", secret=True),
+    Option("GEMINI_MODEL_NAME", Pattern(_MODEL_NAME, "letters, digits and _.:/-", optional=False), "gemini-2.0-flash",
+           "Gemini model of LLM-judge metrics that name none.", scope="worker"),
+    Option("GEMINI_BASE_URL", Url(("https", "http")), "https://generativelanguage.googleapis.com",
+           "Base URL of the Gemini API.", scope="worker"),
+    Option("AZURE_OPENAI_ENDPOINT", Url(("https", "http"), optional=True), "",
+           "Azure OpenAI resource URL for LLM-judge metrics; empty: no Azure judge.", scope="worker"),
+    Option("AZURE_OPENAI_API_KEY", Pattern(_API_KEY, "printable ASCII without whitespace"), "",
+           "Azure OpenAI API key.", scope="worker", secret=True),
+    Option("AZURE_OPENAI_DEPLOYMENT_NAME", Pattern(_MODEL_NAME, "letters, digits and _.:/-"), "",
+           "Azure OpenAI deployment of LLM-judge metrics that name none.", scope="worker"),
+    Option("AZURE_OPENAI_API_VERSION", Pattern(r"[A-Za-z0-9.\-]+", "letters, digits and .-", optional=False),
+           "2024-10-21",
+           "Azure OpenAI API version.", scope="worker"),
+    Option("JUDGE_TIMEOUT_SECONDS", Integer(1, 600), "60",
+           "Seconds one LLM-judge request may take.", scope="worker"),
     Option("FLOWER_BASIC_AUTH", Credentials(), "",
            "Flower basic-auth credentials.", scope="flower", secret=True),
     Option("FLOWER_UNAUTHENTICATED", Boolean(), "no",

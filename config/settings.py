@@ -46,6 +46,7 @@ class Settings(SettingsBase):
     task_acks_late: bool
     result_expires: int
     tenant_signing_key: tuple[str, ...]
+    db_encryption_key: tuple[str, ...]
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     celery_worker_concurrency: int
     celery_worker_prefetch_multiplier: int
@@ -63,5 +64,24 @@ class Settings(SettingsBase):
     worker_broker_lost_exit_after: int
     enable_flower: bool
     flower_port: int
+    execution_allow_private_targets: bool
+    execution_run_concurrency: int
+    execution_lane_concurrency: int
+    execution_lease_seconds: int
+    execution_lane_seconds: int
+    execution_max_attempts: int
+    execution_retry_after_cap: int
+    execution_max_response_bytes: int
+    execution_max_output_chars: int
+    execution_sweep_interval: int
+    execution_stall_seconds: int
+    gemini_api_key: str
+    gemini_model_name: str
+    gemini_base_url: str
+    azure_openai_endpoint: str | None
+    azure_openai_api_key: str
+    azure_openai_deployment_name: str
+    azure_openai_api_version: str
+    judge_timeout_seconds: int
     flower_basic_auth: str
     flower_unauthenticated: bool

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, load_settings, mask_url
-from config.options import OPTIONS, KiBOrAuto, SigningKeys
+from config.options import OPTIONS, FernetKeys, KiBOrAuto, SigningKeys
 from config.spec import Boolean, Choice, Credentials, FilePath, Integer, Parser, Pattern, Text, Url, WordList
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +132,7 @@ REFUSED_BY = {
     WordList: " , ",
     Credentials: "user-without-password",
     SigningKeys: "short-key",
+    FernetKeys: "not-a-fernet-key",
 }
 # Free text has no value to refuse; CELERY_WORKER_OPTS is checked when split (see the worker-args tests).
 FREE_TEXT = {"CELERY_WORKER_OPTS", "WORKER_HEALTH_DIR"}
@@ -248,7 +249,7 @@ def test_producer_import_ignores_worker_only_variables() -> None:
 
 
 YES_NO = ["REDIS_RETRY_ON_TIMEOUT", "REDIS_SOCKET_KEEPALIVE", "TASK_ACKS_LATE", "ENABLE_FLOWER",
-          "FLOWER_UNAUTHENTICATED"]
+          "FLOWER_UNAUTHENTICATED", "EXECUTION_ALLOW_PRIVATE_TARGETS"]
 YES_WORDS, NO_WORDS = ("yes", "true", "1", "on", "YES", " On "), ("no", "false", "0", "off", "")
 
 
@@ -296,3 +297,35 @@ def test_bare_celery_worker_still_validates_worker_only_variables() -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "configuration error: WORKER_HEARTBEAT_INTERVAL='abc' is not an integer; allowed: an integer >= 1, <= 3600")
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("{good},{bad}", "key 2 is not a Fernet key"),
+    ("{good},", "key 2 is empty"),
+    ("{good},{good}", "names the same key twice"),
+])
+def test_bad_db_encryption_key_is_one_line_without_the_keys(value: str, reason: str, tmp_path) -> None:
+    good, bad = _fernet_key(), _fernet_key()[:-4] + "!!!="
+    raw = value.format(good=good, bad=bad)
+    for env in ({"DB_ENCRYPTION_KEY": raw}, {"DB_ENCRYPTION_KEY_FILE": str(tmp_path / "key")}):
+        (tmp_path / "key").write_text(raw + "\n")
+        result = run_check(env)
+        assert result.returncode == 64, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("configuration error: DB_ENCRYPTION_KEY=(hidden) " + reason), line
+        assert good not in result.stderr and bad not in result.stderr and good[:20] not in result.stderr
+
+
+def test_db_encryption_key_parses_rotation_lists(tmp_path) -> None:
+    first, second = _fernet_key(), _fernet_key()
+    (tmp_path / "key").write_text(f" {first} , {second}\n")
+    settings = load_settings(environ={**NO_ENV_FILE, "DB_ENCRYPTION_KEY_FILE": str(tmp_path / "key")},
+                             only=("DB_ENCRYPTION_KEY",))
+    assert settings.db_encryption_key == (first, second)
+    assert load_settings(environ=NO_ENV_FILE, only=("DB_ENCRYPTION_KEY",)).db_encryption_key == ()

@@ -42,6 +42,9 @@ PLAUSIBLE_SECRET_VALUES = {
     "FLOWER_OAUTH2_SECRET": "supplied-client-secret",
     "FLOWER_COOKIE_SECRET": "supplied-cookie-secret",
     "TENANT_SIGNING_KEY": "supplied-signing-key-of-at-least-32-characters",
+    "DB_ENCRYPTION_KEY": "c3VwcGxpZWQtZmVybmV0LWtleS0zMi1ieXRlcy4uLi4=",  # base64 of 32 bytes
+    "GEMINI_API_KEY": "supplied-gemini-key",
+    "AZURE_OPENAI_API_KEY": "supplied-azure-key",
 }
 PLAUSIBLE_OTHER_SECRET_VALUE = "supplied-api-key"  # model API keys (secret.extraKeys): the image does not read them
 # Content of a file mounted from an existing Secret/ConfigMap (CA bundle, client certificate or key). The image

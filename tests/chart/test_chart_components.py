@@ -389,3 +389,32 @@ def test_tenant_signing_key_reaches_the_workers_only(render: Any) -> None:
             assert refs["TENANT_SIGNING_KEY"] == {"name": secret["metadata"]["name"], "key": "TENANT_SIGNING_KEY",
                                                   "optional": True}
         assert key not in str(deployment)
+
+
+def test_execution_secrets_reach_the_workers_only(render: Any) -> None:
+    """DB_ENCRYPTION_KEY and the judge API keys: in the chart-created Secret, optional secretKeyRefs of the workers;
+    neither Flower nor the migration Job gets them, and no rendered workload holds a value."""
+    import base64
+
+    from chart_support import CHART_SECRET
+    from cryptography.fernet import Fernet
+
+    values = {"dbEncryptionKey": Fernet.generate_key().decode(), "geminiApiKey": "gemini-secret-value",
+              "azureOpenaiApiKey": "azure-secret-value"}
+    names = {"dbEncryptionKey": "DB_ENCRYPTION_KEY", "geminiApiKey": "GEMINI_API_KEY",
+             "azureOpenaiApiKey": "AZURE_OPENAI_API_KEY"}
+    rendered = render({"secret": {**CHART_SECRET, **values}, "flower": {"enabled": True}})
+    [secret] = [s for s in rendered.all("Secret") if "DB_ENCRYPTION_KEY" in (s.get("data") or {})]
+    for field, name in names.items():
+        assert base64.b64decode(secret["data"][name]).decode() == values[field]
+    for workload in (*rendered.all("Deployment"), *rendered.all("Job")):
+        [container] = workload["spec"]["template"]["spec"]["containers"][:1]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e
+                and "secretKeyRef" in e["valueFrom"]}
+        worker = workload["kind"] == "Deployment" and "flower" not in workload["metadata"]["name"]
+        for name in names.values():
+            if worker:
+                assert refs[name] == {"name": secret["metadata"]["name"], "key": name, "optional": True}
+            else:
+                assert name not in refs
+        assert not any(value in str(workload) for value in values.values())

@@ -77,7 +77,13 @@ def test_every_config_value_reaches_the_configmap(render: Any) -> None:
         "redisKeyPrefix": "t1:", "brokerVisibilityTimeout": 604800, "taskTimeLimit": 1800,
         "taskSoftTimeLimit": 1700, "taskMaxCountdown": 900, "taskMaxRetries": 7, "taskRetryBackoffMax": 120,
         "taskAcksLate": True, "resultExpires": 7200, "workerHeartbeatInterval": 5, "workerHeartbeatMaxAge": 40,
-        "workerBrokerLostExitAfter": 86400, "extra": {"SOME_NEW_OPTION": "on"},
+        "workerBrokerLostExitAfter": 86400, "executionAllowPrivateTargets": True, "executionRunConcurrency": 21,
+        "executionLaneConcurrency": 22, "executionLeaseSeconds": 23, "executionLaneSeconds": 24,
+        "executionMaxAttempts": 5, "executionRetryAfterCap": 25, "executionMaxResponseBytes": 2048,
+        "executionMaxOutputChars": 512, "executionSweepInterval": 0, "executionStallSeconds": 300,
+        "geminiModelName": "gemini-x", "geminiBaseUrl": "http://gemini.test", "azureOpenaiEndpoint":
+        "https://azure.test", "azureOpenaiDeploymentName": "dep-1", "azureOpenaiApiVersion": "2025-01-01",
+        "judgeTimeoutSeconds": 26, "extra": {"SOME_NEW_OPTION": "on"},
     }
     data = render({"config": config}).get("ConfigMap", FULLNAME)["data"]
     assert data == {
@@ -90,6 +96,13 @@ def test_every_config_value_reaches_the_configmap(render: Any) -> None:
         "WORKER_HEARTBEAT_INTERVAL": "5", "WORKER_HEARTBEAT_MAX_AGE": "40",
         "WORKER_BROKER_LOST_EXIT_AFTER": "86400", "WORKER_HEALTH_DIR": HEALTH_DIR,
         "ENABLE_FLOWER": "no", "REDIS_SSL_CERT_REQS": "required", "SOME_NEW_OPTION": "on",
+        "EXECUTION_ALLOW_PRIVATE_TARGETS": "yes", "EXECUTION_RUN_CONCURRENCY": "21",
+        "EXECUTION_LANE_CONCURRENCY": "22", "EXECUTION_LEASE_SECONDS": "23", "EXECUTION_LANE_SECONDS": "24",
+        "EXECUTION_MAX_ATTEMPTS": "5", "EXECUTION_RETRY_AFTER_CAP": "25", "EXECUTION_MAX_RESPONSE_BYTES": "2048",
+        "EXECUTION_MAX_OUTPUT_CHARS": "512", "EXECUTION_SWEEP_INTERVAL": "0", "EXECUTION_STALL_SECONDS": "300",
+        "GEMINI_MODEL_NAME": "gemini-x", "GEMINI_BASE_URL": "http://gemini.test",
+        "AZURE_OPENAI_ENDPOINT": "https://azure.test", "AZURE_OPENAI_DEPLOYMENT_NAME": "dep-1",
+        "AZURE_OPENAI_API_VERSION": "2025-01-01", "JUDGE_TIMEOUT_SECONDS": "26",
     }
 
 

@@ -17,13 +17,17 @@ from worker.db.engine import dispose_engines_after_fork, get_engine, reset_engin
 from worker.db.models import (
     RLS_TABLES,
     Endpoint,
+    Metric,
     Organization,
     TaskEffect,
     Test,
     TestConfiguration,
+    TestConfigurationMetric,
     TestResult,
     TestRun,
+    TestRunItem,
     TestSet,
+    TestSetMetric,
     User,
 )
 from worker.db.session import TENANT_INFO_KEY, set_tenant, tenant_session
@@ -131,7 +135,13 @@ def every_table_has_rows(pgdb, owner_engine) -> Iterator[str]:
         run = TestRun(organization_id=org, test_configuration_id=config.id)
         db.add(run)
         db.flush()
-        db.add(TestResult(organization_id=org, test_run_id=run.id, test_id=test.id, status="passed"))
+        db.add(TestResult(organization_id=org, test_run_id=run.id, test_id=test.id, status="pass"))
+        db.add(TestRunItem(organization_id=org, test_run_id=run.id, test_id=test.id))
+        metric = Metric(organization_id=org, name="every table", kind="contains", parameters={"value": "x"})
+        db.add(metric)
+        db.flush()
+        db.add(TestSetMetric(organization_id=org, test_set_id=test_set.id, metric_id=metric.id))
+        db.add(TestConfigurationMetric(organization_id=org, test_configuration_id=config.id, metric_id=metric.id))
         db.add(TaskEffect(organization_id=org, task_id="every-table"))
     admin = create_engine(pgdb.admin_url, poolclass=NullPool)  # a superuser: RLS does not apply
     with admin.connect() as conn:

@@ -39,7 +39,8 @@ _ALL_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "RE
 CURRENT_ORG_SQL = "(select tenant_guard.current_organization())"
 #: What the runtime role may execute in schema tenant_guard (it may read none of its tables).
 GUARD_FUNCTIONS = ("tenant_guard.register_connection()", "tenant_guard.enter(text, text, text)",
-                   "tenant_guard.current_organization()", "tenant_guard.check_user(text, text)")
+                   "tenant_guard.current_organization()", "tenant_guard.check_user(text, text)",
+                   "tenant_guard.execution_stalled_runs(integer)")
 #: Relations are looked up in public before the session's temporary schema, which is otherwise searched first.
 SEARCH_PATH = "public, pg_temp"
 #: Catalog objects that show other sessions' statements (with their literal values) to any role of the same name.

@@ -39,7 +39,7 @@ sys.path.insert(0, str(CHART.parent.parent))
 # The image's declared variables: bounds, choices and patterns of the values that set them come from there, so
 # the schema refuses what `python -m config check` would refuse at start-up.
 from config.options import BY_NAME, OPTIONS, TENANT_SIGNING_KEY_MIN_LENGTH, KiBOrAuto  # noqa: E402 - needs the repository root on sys.path
-from config.spec import Boolean, Choice, Integer, Option, Pattern  # noqa: E402
+from config.spec import Boolean, Choice, Integer, Option, Pattern, Url  # noqa: E402
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -328,7 +328,7 @@ def value_type(option: Option) -> str:
         return "integer"
     if isinstance(option.parser, Boolean):
         return "boolean"
-    if isinstance(option.parser, (Choice, Pattern)):
+    if isinstance(option.parser, (Choice, Pattern, Url)):
         return "string"
     raise SystemExit(f"{option.name}: no rule for {type(option.parser).__name__} values in `config:`; add one to "
                      f"value_type() or list the option in NOT_IN_CONFIG with the reason")
@@ -352,6 +352,10 @@ def config_property(option: Option) -> dict[str, Any]:
         return boolean(description)
     if isinstance(parser, Choice):
         return string(description, enum=list(parser.choices))
+    if isinstance(parser, Url):
+        schemes = "|".join(re.escape(scheme) for scheme in parser.schemes)
+        url = f"({schemes})://.+"
+        return string(description, pattern=f"^({url})?$" if parser.optional else f"^{url}$")
     return string(description, pattern=option_pattern(option.name))
 
 
@@ -409,6 +413,13 @@ def signing_keys(description: str) -> dict[str, Any]:
                   pattern=rf"^\s*({key}\s*(,\s*{key}\s*)*)?$")
 
 
+def fernet_keys(description: str) -> dict[str, Any]:
+    """DB_ENCRYPTION_KEY's shape (44 url-safe base64 characters per key); whether each decodes to 32 bytes is left
+    to the image (config/options.py FernetKeys)."""
+    key = r"[A-Za-z0-9_\-]{43}="
+    return string(description, pattern=rf"^\s*({key}\s*(,\s*{key}\s*)*)?$")
+
+
 # -- everything else --------------------------------------------------------------------------------------------
 def secret_block() -> dict[str, Any]:
     key = {"type": "string", "minLength": 1, "pattern": r"^[-._a-zA-Z0-9]+$"}
@@ -434,6 +445,12 @@ def secret_block() -> dict[str, Any]:
         "redisPassword": string("Redis password KEDA's scaler uses (the workers take theirs from the URL)."),
         "tenantSigningKey": signing_keys("TENANT_SIGNING_KEY for the chart-created Secret: comma-separated HMAC "
                                          "keys, the first signs, all verify; empty means no signing."),
+        "dbEncryptionKey": fernet_keys("DB_ENCRYPTION_KEY for the chart-created Secret: comma-separated Fernet "
+                                       "keys that encrypt endpoint secrets, the first encrypts, all decrypt."),
+        "geminiApiKey": string("GEMINI_API_KEY (LLM-judge metrics) for the chart-created Secret.",
+                               pattern=option_pattern("GEMINI_API_KEY")),
+        "azureOpenaiApiKey": string("AZURE_OPENAI_API_KEY (LLM-judge metrics) for the chart-created Secret.",
+                                    pattern=option_pattern("AZURE_OPENAI_API_KEY")),
         "extra": string_map("Extra secret variables NAME: value for the chart-created Secret (model API keys such "
                             "as OPENAI_API_KEY); each reaches the workers as a variable.", False, ENV_NAME),
         "extraKeys": {"type": "array", "uniqueItems": True,
@@ -451,9 +468,12 @@ def secret_block() -> dict[str, Any]:
             "flowerCookieSecret": key_name("FLOWER_COOKIE_SECRET (optional in the Secret)"),
             "redisPassword": key_name("the Redis password for KEDA"),
             "tenantSigningKey": key_name("TENANT_SIGNING_KEY (optional in the Secret)"),
+            "dbEncryptionKey": key_name("DB_ENCRYPTION_KEY (optional in the Secret)"),
+            "geminiApiKey": key_name("GEMINI_API_KEY (optional in the Secret)"),
+            "azureOpenaiApiKey": key_name("AZURE_OPENAI_API_KEY (optional in the Secret)"),
         }, required=["brokerUrl", "resultBackend", "databaseUrl", "migrationDatabaseUrl", "flowerBasicAuth",
                      "flowerOauth2Key", "flowerOauth2Secret", "flowerCookieSecret", "redisPassword",
-                     "tenantSigningKey"]),
+                     "tenantSigningKey", "dbEncryptionKey", "geminiApiKey", "azureOpenaiApiKey"]),
     })
 
 

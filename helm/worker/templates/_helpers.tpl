@@ -330,6 +330,9 @@ variable as which type, the variables the chart fixes, every declared variable, 
 {{- if eq .for "worker" -}}
 {{- /* Optional: signing is off without it (an existingSecret may not hold the key). */ -}}
 {{- $entries = append $entries (list "TENANT_SIGNING_KEY" $s.keys.tenantSigningKey true) -}}
+{{- $entries = append $entries (list "DB_ENCRYPTION_KEY" $s.keys.dbEncryptionKey true) -}}
+{{- $entries = append $entries (list "GEMINI_API_KEY" $s.keys.geminiApiKey true) -}}
+{{- $entries = append $entries (list "AZURE_OPENAI_API_KEY" $s.keys.azureOpenaiApiKey true) -}}
 {{- range (concat (keys $s.extra) $s.extraKeys | uniq | sortAlpha) -}}
 {{- $entries = append $entries (list . . false) -}}
 {{- end -}}
