@@ -87,8 +87,6 @@ def plan(environ: Mapping[str, str], run_dir: Path) -> DevEnvironment:
     # The demo endpoint (python -m worker demo-endpoint) listens on loopback, which production refuses.
     default("EXECUTION_ALLOW_PRIVATE_TARGETS", "yes")
     default("WORKER_HEALTH_DIR", str(run_dir / "health"))
-    # Development endpoints usually listen on this machine.
-    default("EXECUTION_ALLOW_PRIVATE_TARGETS", "yes")
     result = DevEnvironment(env, start_redis=not given("BROKER_URL"), provision_database=not given("DATABASE_URL"),
                             generated_flower_auth=generated_auth)
     validate(result)
