@@ -232,8 +232,8 @@ OPTIONS: tuple[Option, ...] = (
            "Characters of an endpoint's output stored in `test_result.output` (longer output is cut).",
            scope="worker"),
     Option("EXECUTION_SWEEP_INTERVAL", Integer(0, 86400), "30",
-           "Seconds between the worker's sweeps for stalled runs (0 disables the in-worker sweeper).",
-           scope="worker"),
+           "Seconds between sweeps for stalled runs, in the workers and in celery beat's schedule (0 disables "
+           "both).", scope="app"),
     Option("EXECUTION_STALL_SECONDS", Integer(30, 86400), "120",
            "Seconds without progress after which a queued or running run counts as stalled and is resumed.",
            scope="worker"),
