@@ -44,7 +44,7 @@ def server() -> Iterator[EndpointServer]:
         yield endpoint
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def workers(session_env, run_dir, client_app) -> Iterator[Callable[..., WorkerProcess]]:  # type: ignore[no-untyped-def]
     started: list[WorkerProcess] = []
 
@@ -55,6 +55,7 @@ def workers(session_env, run_dir, client_app) -> Iterator[Callable[..., WorkerPr
         return worker
 
     yield start
+    # Each test's workers stop with it: a worker left running would take part in the next test's runs.
     for worker in started:
         worker.stop()
 
@@ -188,10 +189,9 @@ def test_cancelling_a_run_stops_calls_in_flight_and_keeps_finished_results(clien
     configuration = data.configuration(server.url + "/chat", 200, max_concurrency=10)
     run_id = execute(client_app, configuration)
     deadline = time.monotonic() + 30
-    while data.result_count(configuration.organization_id, run_id) < 10:
-        assert time.monotonic() < deadline
+    while data.result_count(configuration.organization_id, run_id) < 10 or server.in_flight < 5:
+        assert time.monotonic() < deadline, "the run did not get going"
         time.sleep(0.05)
-    assert server.in_flight >= 1
     cancelled_at = time.monotonic()
     outcome = client_app.send_task(CANCEL, args=[run_id],
                                    headers={"organization_id": configuration.organization_id}).get(timeout=30)
@@ -243,16 +243,16 @@ def test_the_sweeper_revives_a_run_whose_worker_and_messages_are_gone(client_app
     configuration = data.configuration(server.url + "/chat", 200, max_concurrency=20)
     run_id = execute(client_app, configuration)
     deadline = time.monotonic() + 30
-    while data.result_count(configuration.organization_id, run_id) < 20:
+    while data.result_count(configuration.organization_id, run_id) < 20 or server.in_flight < 10:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    _kill_tree(first)
+    _kill_tree(first)  # with tests leased and in flight
     prefix = session_env["REDIS_KEY_PREFIX"]
     broker.delete(f"{prefix}execution", f"{prefix}unacked", f"{prefix}unacked_index")  # the lane messages are gone
     assert sweep(session_env, 3600)["examined"] == 0, "a run with live leases was taken as stalled"
     time.sleep(10.5)  # EXECUTION_LEASE_SECONDS: the dead worker's leases expire
     report = sweep(session_env, 3600)
-    assert report["requeued"] == [run_id]
+    assert report["requeued"] == [run_id], report
     workers()
     run = wait_for_run(data, configuration.organization_id, run_id)
     assert run.status == "completed" and data.result_count(configuration.organization_id, run_id) == 200
@@ -272,7 +272,8 @@ def test_the_sweeper_closes_a_cancelled_run_whose_worker_vanished(client_app, se
     with tenant_session(configuration.organization_id, engine=data.engine) as db:
         assert cancel_test_run(db, uuid.UUID(run_id)).status == "cancelling"  # five leases still live
     time.sleep(10.5)
-    assert sweep(session_env, 3600)["closed"] == {run_id: "cancelled"}
+    report = sweep(session_env, 3600)
+    assert report["closed"] == {run_id: "cancelled"}, (report, data.item_states(configuration.organization_id, run_id))
     run = data.run(configuration.organization_id, run_id)
     assert run.status == "cancelled" and run.counts["cancelled"] == 50
 

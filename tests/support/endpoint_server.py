@@ -107,7 +107,8 @@ class EndpointServer:
         app.router.add_post("/protected", self._protected)
         app.router.add_post("/unauthorized-once", self._unauthorized_once)
         app.router.add_route("*", "/headers", self._headers)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A client that gives up (a cancelled run) cancels its handler, so in_flight shows calls really open.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
         loop.run_until_complete(site.start())

@@ -77,7 +77,9 @@ _RUN_STATE = text("""
 
 def run_state(db: Session, run_id: uuid.UUID, *, lock: bool = False) -> RunState | None:
     """The run with what claiming needs; ``lock`` takes the run row (serialises claims of one run)."""
-    statement = _RUN_STATE.text + (" FOR UPDATE OF r" if lock else "")
+    # NO KEY UPDATE: serialises claimers and closers of one run, but does not conflict with the KEY SHARE lock
+    # that inserting a result (its foreign key) takes on the run row; FOR UPDATE would, and deadlock with it.
+    statement = _RUN_STATE.text + (" FOR NO KEY UPDATE OF r" if lock else "")
     row = db.execute(text(statement), {"run_id": run_id}).one_or_none()
     return None if row is None else RunState(*row)
 
