@@ -33,8 +33,6 @@ log = logging.getLogger("worker.execution")
 T = TypeVar("T")
 
 CANCEL_POLL_SECONDS = 0.5
-FLUSH_SECONDS = 0.05
-FLUSH_SIZE = 50
 IDLE_CLAIM_SECONDS = 0.2
 
 
@@ -94,7 +92,8 @@ def _score(outcomes: Sequence[dict[str, Any]]) -> float | None:
 
 class Lane:
     def __init__(self, *, tenant: Tenant, run_id: uuid.UUID, endpoint: EndpointSpec, metrics: Sequence[MetricSpec],
-                 client: EndpointClient, evaluator: Evaluator, limits: LaneLimits) -> None:
+                 client: EndpointClient, evaluator: Evaluator, limits: LaneLimits,
+                 handover: Callable[[], None] | None = None, report: LaneReport | None = None) -> None:
         self.tenant = tenant
         self.run_id = run_id
         self.endpoint = endpoint
@@ -102,8 +101,10 @@ class Lane:
         self.client = client
         self.evaluator = evaluator
         self.limits = limits
+        #: Sends this lane's successor (a task at the back of the queue); called at most once.
+        self.handover = handover
         self.owner = f"lane-{uuid.uuid4()}"
-        self.report = LaneReport()
+        self.report = report if report is not None else LaneReport()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execution-db")
 
     async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -153,53 +154,62 @@ class Lane:
         finally:
             self._executor.shutdown(wait=False)
 
+    def _exchange(self, db: Session, results: list[store.StoredResult], want: int
+                  ) -> tuple[store.Exchange, list[TestRow]]:
+        outcome = store.exchange(db, self.run_id, self.owner, results, want, run_cap=self.limits.run_cap,
+                                 lease_seconds=self.limits.lease_seconds)
+        return outcome, load_tests(db, outcome.claimed) if outcome.claimed else []
+
     async def _run(self) -> LaneReport:
+        """Refill as calls finish: each round trip stores what finished and leases as many tests as there are
+        free slots, so the run's leases track its calls in flight closely and the cap is used, not wasted on
+        results waiting to be written."""
         limits = self.limits
         started = time.monotonic()
         in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID] = {}
         finished: list[store.StoredResult] = []
-        last_poll = last_flush = last_renew = started
+        last_poll = last_renew = started
         next_claim = started
-        drained = False  # the last claim found nothing left to claim
+        handed_over = False
         try:
             while True:
                 now = time.monotonic()
-                if now - last_poll >= CANCEL_POLL_SECONDS:
-                    last_poll = now
-                    if await self._db(store.cancel_requested, self.run_id):
+                claiming = now - started < limits.lane_seconds and not handed_over
+                want = limits.lane_cap - len(in_flight) if claiming and now >= next_claim else 0
+                if finished or want or now - last_poll >= CANCEL_POLL_SECONDS:
+                    batch, finished = finished, []
+                    outcome, tests = await self._db(self._exchange, batch, want)
+                    last_poll = time.monotonic()
+                    self.report.stored += outcome.stored
+                    if outcome.cancel_requested:
                         self.report.cancelled = True
                         finished.extend(await self._cancel_in_flight(in_flight))
                         break
-                free = limits.lane_cap - len(in_flight)
-                claiming = now - started < limits.lane_seconds and now >= next_claim
-                if claiming and free and (not in_flight or free >= max(1, limits.lane_cap // 4)):
-                    ids = await self._db(store.claim, self.run_id, self.owner, free, run_cap=limits.run_cap,
-                                         lease_seconds=limits.lease_seconds)
-                    self.report.claimed += len(ids)
-                    # Nothing claimable left, as opposed to caps full while other lanes' calls are in flight.
-                    drained = not ids and not await self._db(store.claimable, self.run_id)
-                    if ids:
-                        for test in await self._db(load_tests, ids):
-                            in_flight[asyncio.create_task(self._execute(test))] = test.id
-                    else:
-                        next_claim = time.monotonic() + IDLE_CLAIM_SECONDS
+                    self.report.claimed += len(tests)
+                    for test in tests:
+                        in_flight[asyncio.create_task(self._execute(test))] = test.id
+                    if want and not tests:
+                        if not outcome.claimable and not in_flight:
+                            break  # nothing left that this lane could take
+                        next_claim = time.monotonic() + IDLE_CLAIM_SECONDS  # caps full: others' calls in flight
+                if not claiming and not handed_over and self.handover is not None:
+                    handed_over = True  # a successor starts claiming while this lane's last calls finish
+                    await self._db(self._hand_over)
                 if not in_flight:
-                    if drained or time.monotonic() - started >= limits.lane_seconds:
+                    if not claiming:
                         break
-                    await asyncio.sleep(max(0.0, next_claim - time.monotonic()))
+                    await asyncio.sleep(max(0.0, min(next_claim, last_poll + CANCEL_POLL_SECONDS)
+                                            - time.monotonic()))
                     continue
-                done, _ = await asyncio.wait(in_flight, timeout=FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(in_flight, timeout=CANCEL_POLL_SECONDS,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     in_flight.pop(task)
                     finished.append(task.result())
-                now = time.monotonic()
-                if finished and (len(finished) >= FLUSH_SIZE or now - last_flush >= FLUSH_SECONDS or not in_flight):
-                    await self._flush(finished)
-                    last_flush = now
-                if in_flight and now - last_renew >= limits.lease_seconds / 3:
+                if in_flight and time.monotonic() - last_renew >= limits.lease_seconds / 3:
                     await self._db(store.renew, self.run_id, self.owner, list(in_flight.values()),
                                    limits.lease_seconds)
-                    last_renew = now
+                    last_renew = time.monotonic()
         except BaseException:
             # Interrupted (shutdown, time limit): stop the calls and hand the unfinished tests back.
             ids = list(in_flight.values())
@@ -209,8 +219,14 @@ class Lane:
             await asyncio.shield(self._settle(finished, ids))
             raise
         await self._flush(finished)
-        await self._wrap_up()
+        await self._wrap_up(handed_over)
         return self.report
+
+    def _hand_over(self, db: Session) -> None:
+        """At the end of its time slice, with work left and room under the cap, the lane sends its successor."""
+        if store.needs_lane(db, self.run_id, self.limits.run_cap, ignoring_owner=self.owner) and self.handover:
+            self.handover()
+            self.report.more_work = True
 
     async def _cancel_in_flight(self, in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID]
                                 ) -> list[store.StoredResult]:
@@ -241,16 +257,19 @@ class Lane:
             finished.clear()
             self.report.stored += await self._db(store.store_results, self.run_id, self.owner, batch)
 
-    async def _wrap_up(self) -> None:
+    async def _wrap_up(self, handed_over: bool) -> None:
         def wrap_up(db: Session) -> tuple[bool, str | None]:
             if self.report.cancelled:
                 store.cancel_untouched(db, self.run_id, include_expired=True)
             remaining = store.progress(db, self.run_id)
             if remaining.remaining == 0:
                 return False, store.finalize(db, self.run_id)
-            if self.report.cancelled:
-                return False, None
-            return store.needs_lane(db, self.run_id, self.limits.run_cap), None
+            if self.report.cancelled or handed_over:
+                return self.report.more_work, None
+            if store.needs_lane(db, self.run_id, self.limits.run_cap) and self.handover is not None:
+                self.handover()
+                return True, None
+            return False, None
 
         self.report.more_work, self.report.final_status = await self._db(wrap_up)
 

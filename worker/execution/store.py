@@ -115,20 +115,22 @@ def claimable(db: Session, run_id: uuid.UUID) -> int:
     """), {"run_id": run_id}) or 0)
 
 
-def needs_lane(db: Session, run_id: uuid.UUID, run_cap: int) -> bool:
-    """A lane that stops hands over to a successor only when tests are claimable and the run's cap has room:
-    tests leased by live lanes are theirs, and those lanes send their own successors."""
+def needs_lane(db: Session, run_id: uuid.UUID, run_cap: int, *, ignoring_owner: str | None = None) -> bool:
+    """A lane that stops hands over to a successor only when tests are claimable and the run's cap has room
+    (not counting the stopping lane's own leases, ``ignoring_owner``): tests leased by other live lanes are
+    theirs, and those lanes send their own successors."""
     state = run_state(db, run_id)
     if state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested:
         return False
-    return claimable(db, run_id) > 0 and _running(db, run_id) < (state.max_concurrency or run_cap)
+    return claimable(db, run_id) > 0 and _running(db, run_id, ignoring_owner) < (state.max_concurrency or run_cap)
 
 
-def _running(db: Session, run_id: uuid.UUID) -> int:
+def _running(db: Session, run_id: uuid.UUID, ignoring_owner: str | None = None) -> int:
     return int(db.scalar(text("""
         SELECT count(*) FROM public.test_run_item
         WHERE test_run_id = :run_id AND state = 'running' AND lease_expires_at > now()
-    """), {"run_id": run_id}) or 0)
+          AND lease_owner IS DISTINCT FROM :ignoring
+    """), {"run_id": run_id, "ignoring": ignoring_owner}) or 0)
 
 
 def _endpoint_running(db: Session, endpoint_id: uuid.UUID) -> int:
@@ -333,3 +335,25 @@ def fail_run(db: Session, run_id: uuid.UUID, error: str) -> None:
         WHERE id = :run_id AND status IN ('queued', 'running')
     """).bindparams(bindparam("counts", type_=JSONB)), {"run_id": run_id, "counts": counts, "error": error})
 
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What one round trip of a lane gives back: how many results were stored, the tests newly leased, whether
+    the run is being cancelled, and (when nothing could be leased) how many tests are still claimable."""
+
+    stored: int
+    claimed: list[uuid.UUID]
+    cancel_requested: bool
+    claimable: int
+
+
+def exchange(db: Session, run_id: uuid.UUID, owner: str, results: Sequence[StoredResult], want: int, *,
+             run_cap: int, lease_seconds: int) -> Exchange:
+    """Store finished results and lease up to ``want`` more tests in one transaction: a lane pays one round trip
+    per refill, and its leases stop counting against the cap as soon as their results are in."""
+    stored = store_results(db, run_id, owner, results)
+    cancelled = cancel_requested(db, run_id)
+    claimed = [] if cancelled else claim(db, run_id, owner, want, run_cap=run_cap, lease_seconds=lease_seconds)
+    left = claimable(db, run_id) if want and not claimed and not cancelled else 0
+    return Exchange(stored, claimed, cancelled, left)

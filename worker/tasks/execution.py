@@ -19,7 +19,7 @@ from worker.errors import TenantContextError
 from worker.execution import loop, store
 from worker.execution.cancel import cancel_test_run as cancel_run
 from worker.execution.clients import clients
-from worker.execution.lane import Lane, LaneLimits
+from worker.execution.lane import Lane, LaneLimits, LaneReport
 from worker.execution.load import load_endpoint, load_metrics
 from worker.execution.runs import parse_id, start_run
 from worker.execution.settings import ExecutionSettings, execution_settings
@@ -92,11 +92,19 @@ def run_lane(self: BaseTask, test_run_id: str) -> dict[str, Any]:
         metrics = load_metrics(db, configuration)
     limits = LaneLimits(run_cap=state.max_concurrency or settings.run_cap, lane_cap=settings.lane_cap,
                         lease_seconds=settings.lease_seconds, lane_seconds=settings.lane_seconds)
-    report = loop.run(_run_lane({"tenant": tenant, "run_id": run_id, "endpoint": endpoint, "metrics": metrics,
-                                 "limits": limits}, settings))
-    if report.more_work:
+    lane: dict[str, Any] = {"tenant": tenant, "run_id": run_id, "endpoint": endpoint, "metrics": metrics,
+                            "limits": limits}
+
+    def hand_over() -> None:
+        # Called from the lane's database thread, outside this task's context: the tenant headers are explicit.
         # A lane that got nothing (caps full) does not hand over at once: no busy loop of empty tasks.
-        run_lane.apply_async((test_run_id,), countdown=0 if report.claimed else 1)
+        run_lane.apply_async((test_run_id,), headers=tenant.headers(),
+                             countdown=0 if lane_report.claimed else 1)
+
+    lane_report = LaneReport()
+    lane["report"] = lane_report
+    lane["handover"] = hand_over
+    report = loop.run(_run_lane(lane, settings))
     return {"test_run_id": test_run_id, "claimed": report.claimed, "stored": report.stored,
             "cancelled": report.cancelled, "handed_over": report.more_work, "final_status": report.final_status}
 
