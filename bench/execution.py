@@ -19,7 +19,7 @@ from typing import Any
 
 from config import load_settings
 from tests.conftest import base_environment, start_worker_process
-from tests.support.endpoint_server import EndpointServer
+from bench.endpoint import BenchEndpoint
 from tests.support.execution_data import ExecutionData
 from worker.dev.provision import drop_database, provision_database
 from worker.dev.services import postgres_admin_url, redis_base_url
@@ -51,7 +51,7 @@ def _wait_final(data: ExecutionData, org: str, run_id: str, timeout: float = 900
         time.sleep(0.01)
 
 
-def _execute(client: Any, data: ExecutionData, server: EndpointServer, tests: int) -> tuple[float, float, Any]:
+def _execute(client: Any, data: ExecutionData, server: BenchEndpoint, tests: int) -> tuple[float, float, Any]:
     """(seconds from enqueue to the run's end, seconds from enqueue to the first endpoint call, run)."""
     configuration = data.configuration(server.url + "/chat", tests, max_concurrency=CAP)
     server.reset()
@@ -62,10 +62,14 @@ def _execute(client: Any, data: ExecutionData, server: EndpointServer, tests: in
     run_id = result.get(timeout=120)["test_run_id"]
     run = _wait_final(data, configuration.organization_id, run_id)
     elapsed = time.monotonic() - started
+    calling = (server.last_answer_at or 0) - (server.first_call_at or 0)
+    print(f"{tests} tests: {elapsed:.3f} s in all, first call after {server.first_call_at - started:.3f} s, "
+          f"calls for {calling:.3f} s (mean in flight {tests * LATENCY / calling:.1f}), "
+          f"run closed {time.monotonic() - server.last_answer_at:.3f} s after the last answer", file=sys.stderr)
     return elapsed, (server.first_call_at or started) - started, run
 
 
-def _baseline(client: Any, server: EndpointServer, tests: int) -> float:
+def _baseline(client: Any, server: BenchEndpoint, tests: int) -> float:
     server.reset()
     started = time.monotonic()
     results = [client.send_task("bench.call_endpoint", args=[server.url + "/chat", f"baseline-{n}"],
@@ -83,7 +87,8 @@ def main() -> int:
 
     migrate(db.owner_url, db.runtime_url)
     env = {**base_environment(redis_base_url(RUN_DIR), db, f"twbenchx-{secrets.token_hex(4)}:"),
-           "EXECUTION_ALLOW_PRIVATE_TARGETS": "yes", "CELERY_WORKER_CONCURRENCY": "8"}
+           "EXECUTION_ALLOW_PRIVATE_TARGETS": "yes", "CELERY_WORKER_CONCURRENCY": "8",
+           **({"EXECUTION_LANE_CONCURRENCY": os.environ["BENCH_LANE"]} if "BENCH_LANE" in os.environ else {})}
     from worker.app import create_app
 
     client = create_app(load_settings(environ=env), main="bench-execution-client")
@@ -92,8 +97,7 @@ def main() -> int:
     data = ExecutionData(db.owner_url)
     results: dict[str, Any] = {}
     try:
-        with EndpointServer() as server:
-            server.configure(latency=LATENCY)
+        with BenchEndpoint(LATENCY) as server:
             worker = start_worker_process(env, RUN_DIR, pool="prefork", concurrency=8, app="bench.worker_app",
                                           ping_app=client)
             try:

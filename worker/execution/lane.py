@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 CANCEL_POLL_SECONDS = 0.5
 IDLE_CLAIM_SECONDS = 0.2
+#: How often a busy lane marks its run alive for the sweeper (well under EXECUTION_STALL_SECONDS).
+TOUCH_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +108,31 @@ class Lane:
         self.owner = f"lane-{uuid.uuid4()}"
         self.report = report if report is not None else LaneReport()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execution-db")
+        self._session: Session | None = None
+        self._session_scope: Any = None
 
     async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``function(session, ...)`` as one transaction on the lane's database thread. The lane keeps one
+        tenant session for its life (each transaction re-enters the tenant): no pool checkout, pre-ping and
+        reset per round trip."""
         def call() -> T:
-            with tenant_session(self.tenant.organization_id, self.tenant.user_id) as db:
-                return function(db, *args, **kwargs)
+            if self._session is None:
+                self._session_scope = tenant_session(self.tenant.organization_id, self.tenant.user_id)
+                self._session = self._session_scope.__enter__()
+            try:
+                value = function(self._session, *args, **kwargs)
+                self._session.commit()
+                return value
+            except BaseException:
+                self._session.rollback()
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _close_session(self) -> None:
+        if self._session_scope is not None:
+            scope, self._session_scope, self._session = self._session_scope, None, None
+            scope.__exit__(None, None, None)
 
     # -- one test ------------------------------------------------------------------------------------------
     async def _execute(self, test: TestRow) -> store.StoredResult:
@@ -152,12 +172,15 @@ class Lane:
         try:
             return await self._run()
         finally:
-            self._executor.shutdown(wait=False)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._close_session)
+            finally:
+                self._executor.shutdown(wait=False)
 
-    def _exchange(self, db: Session, results: list[store.StoredResult], want: int
+    def _exchange(self, db: Session, results: list[store.StoredResult], want: int, touch: bool
                   ) -> tuple[store.Exchange, list[TestRow]]:
         outcome = store.exchange(db, self.run_id, self.owner, results, want, run_cap=self.limits.run_cap,
-                                 lease_seconds=self.limits.lease_seconds)
+                                 lease_seconds=self.limits.lease_seconds, touch=touch)
         return outcome, load_tests(db, outcome.claimed) if outcome.claimed else []
 
     async def _run(self) -> LaneReport:
@@ -169,6 +192,7 @@ class Lane:
         in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID] = {}
         finished: list[store.StoredResult] = []
         last_poll = last_renew = started
+        last_touch = started - TOUCH_SECONDS
         next_claim = started
         handed_over = False
         try:
@@ -178,7 +202,9 @@ class Lane:
                 want = limits.lane_cap - len(in_flight) if claiming and now >= next_claim else 0
                 if finished or want or now - last_poll >= CANCEL_POLL_SECONDS:
                     batch, finished = finished, []
-                    outcome, tests = await self._db(self._exchange, batch, want)
+                    touch = now - last_touch >= TOUCH_SECONDS
+                    outcome, tests = await self._db(self._exchange, batch, want, touch)
+                    last_touch = now if touch else last_touch
                     last_poll = time.monotonic()
                     self.report.stored += outcome.stored
                     if outcome.cancel_requested:

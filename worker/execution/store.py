@@ -149,9 +149,15 @@ def claim(db: Session, run_id: uuid.UUID, owner: str, want: int, *, run_cap: int
     Nothing is claimed for a run that is final or being cancelled. The run's cap (its configuration's, else
     ``run_cap``) and the endpoint's cap bound the tests leased at once, counted over every worker.
     """
-    state = run_state(db, run_id, lock=True)
+    return _claim(db, run_state(db, run_id, lock=True), owner, want, run_cap=run_cap, lease_seconds=lease_seconds)
+
+
+def _claim(db: Session, state: RunState | None, owner: str, want: int, *, run_cap: int,
+           lease_seconds: int) -> list[uuid.UUID]:
+    """:func:`claim` for a run row this transaction already locked."""
     if state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested or want <= 0:
         return []
+    run_id = state.id
     cap = state.max_concurrency or run_cap
     want = min(want, cap - _running(db, run_id))
     if state.endpoint_max_concurrency is not None and want > 0:
@@ -210,7 +216,8 @@ _INSERT_RESULTS = text("""
 """).bindparams(bindparam("rows", type_=JSONB), bindparam("done", type_=_UUIDS))
 
 
-def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Sequence[StoredResult]) -> int:
+def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Sequence[StoredResult], *,
+                  touch: bool = True) -> int:
     """Mark the tests done and write their results, for the tests whose lease ``owner`` still holds (any state
     but done when ``owner`` is None: cancellation and the sweeper). Returns how many were stored."""
     if not results:
@@ -231,7 +238,8 @@ def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Se
         "attempts": r.attempts, "score": r.score, "metrics": list(r.metrics), "details": r.details or {},
     } for r in results]
     db.execute(_INSERT_RESULTS, {"rows": rows, "run_id": run_id, "done": list(done)})
-    db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
+    if touch:
+        db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
     return len(done)
 
 
@@ -349,11 +357,13 @@ class Exchange:
 
 
 def exchange(db: Session, run_id: uuid.UUID, owner: str, results: Sequence[StoredResult], want: int, *,
-             run_cap: int, lease_seconds: int) -> Exchange:
+             run_cap: int, lease_seconds: int, touch: bool = False) -> Exchange:
     """Store finished results and lease up to ``want`` more tests in one transaction: a lane pays one round trip
-    per refill, and its leases stop counting against the cap as soon as their results are in."""
-    stored = store_results(db, run_id, owner, results)
-    cancelled = cancel_requested(db, run_id)
-    claimed = [] if cancelled else claim(db, run_id, owner, want, run_cap=run_cap, lease_seconds=lease_seconds)
+    per refill, and its leases stop counting against the cap as soon as their results are in. ``touch`` marks
+    the run as alive for the sweeper (a lane does it every few seconds, not on every refill)."""
+    stored = store_results(db, run_id, owner, results, touch=touch)
+    state = run_state(db, run_id, lock=want > 0)
+    cancelled = state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested
+    claimed = [] if cancelled else _claim(db, state, owner, want, run_cap=run_cap, lease_seconds=lease_seconds)
     left = claimable(db, run_id) if want and not claimed and not cancelled else 0
     return Exchange(stored, claimed, cancelled, left)
