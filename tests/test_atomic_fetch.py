@@ -244,3 +244,27 @@ def test_the_take_reloads_its_script_after_redis_forgot_it(tmp_path: Path) -> No
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_no_ack_consumer_leaves_nothing_unacked(url: str, prefix: str, plain: redis.Redis) -> None:
+    """kombu records nothing for a consumer without acknowledgements (Celery's control replies are one): the take
+    must not either, or the recovery would publish those messages again."""
+    got: list[Any] = []
+    with connect(url, prefix) as connection, connect(url, prefix) as producer:
+        publish(producer, "fetch-n", {"n": 1})
+        publish(producer, "fetch-k", {"n": 2})
+        channel = connection.channel()
+        with Consumer(channel, [queue("fetch-n")], no_ack=True, accept=["json"],
+                      callbacks=[lambda body, message: got.append(body)]), \
+                Consumer(channel, [queue("fetch-k")], accept=["json"],
+                         callbacks=[lambda body, message: got.append(body)]):
+            deadline = time.monotonic() + 5
+            while len(got) < 2 and time.monotonic() < deadline:
+                try:
+                    connection.drain_events(timeout=1)
+                except TimeoutError:
+                    pass
+            assert sorted(body["n"] for body in got) == [1, 2]
+            [tag] = plain.hkeys(f"{prefix}unacked")  # only the acknowledging consumer's message
+            assert json.loads(plain.hget(f"{prefix}unacked", tag))[2] == "fetch-k"
+        assert channel._no_ack_queues == set()

@@ -39,7 +39,9 @@ log = logging.getLogger("worker.delivery")
 WAIT_SECONDS = 0.2
 
 # KEYS[1] unacked hash, KEYS[2] unacked_index zset, KEYS[3..] queue keys in consumption order.
-# ARGV[1] fetch time from the worker's clock, as QoS.append and the recovery compare it with time.time().
+# ARGV[1] fetch time from the worker's clock, as QoS.append and the recovery compare it with time.time();
+# ARGV[2..] '1' for each queue key whose consumer acknowledges, '0' for a no_ack consumer (kombu records nothing
+# for those: Celery's control replies, for one).
 # Writes come before the pop: a write refused (an OOM error aborts a script without undoing what it did) must
 # find the message still in its queue. The entry is the raw JSON spliced into kombu's [message, exchange,
 # routing_key], never re-encoded: cjson turns [] into {} and would change the message.
@@ -49,7 +51,7 @@ for i = 3, #KEYS do
   if item then
     local tag = ''
     local ok, message = pcall(cjson.decode, item)
-    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
+    if ARGV[i - 1] == '1' and ok and type(message) == 'table' and type(message['properties']) == 'table' then
       local properties = message['properties']
       local info = properties['delivery_info']
       local candidate = properties['delivery_tag']
@@ -98,7 +100,19 @@ class AtomicFetchChannel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._next_fetch = TAKE
         self._wait_turn = itertools.count()
+        self._no_ack_queues: set[str] = set()
         super().__init__(*args, **kwargs)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag: Any) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super()._basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._no_ack_queues.discard(queue)
+        return result
 
     # -- sending ------------------------------------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -121,7 +135,8 @@ class AtomicFetchChannel(kombu_redis.Channel):
             pairs = [(queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues]
             keys = [prefix + self.unacked_key, prefix + self.unacked_index_key, *(prefix + key for _, key in pairs)]
             script = ["EVALSHA", TAKE_SHA] if self._script_cached else ["EVAL", TAKE_SCRIPT]
-            args = [*script, len(keys), *keys, repr(time())]
+            acks = ["0" if queue in self._no_ack_queues else "1" for queue, _ in pairs]
+            args = [*script, len(keys), *keys, repr(time()), *acks]
             self._pending_queues = [queue for queue, _ in pairs]
             self._pending_fetch = TAKE
         self._in_poll = connection
