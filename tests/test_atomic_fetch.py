@@ -268,3 +268,33 @@ def test_a_no_ack_consumer_leaves_nothing_unacked(url: str, prefix: str, plain: 
             [tag] = plain.hkeys(f"{prefix}unacked")  # only the acknowledging consumer's message
             assert json.loads(plain.hget(f"{prefix}unacked", tag))[2] == "fetch-k"
         assert channel._no_ack_queues == set()
+
+
+def test_a_redis_without_blmove_falls_back_to_brpop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before Redis 6.2 there is no BLMOVE: the consumer says so once and keeps consuming with kombu's BRPOP."""
+    from worker.dev.services import start_redis
+
+    url, server = start_redis(tmp_path, extra=["--rename-command", "BLMOVE", ""])
+    try:
+        got: list[Any] = []
+        with connect(url, "p:") as connection, connect(url, "p:") as producer:
+            with Consumer(connection.channel(), [queue("fetch-o")], accept=["json"],
+                          callbacks=[lambda body, message: (got.append(body), message.ack())]) as consumer:
+                for _ in range(3):  # an empty take, then the wait Redis refuses
+                    try:
+                        connection.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        pass
+                publish(producer, "fetch-o", {"n": 1})
+                deadline = time.monotonic() + 5
+                while not got and time.monotonic() < deadline:
+                    try:
+                        connection.drain_events(timeout=1)
+                    except TimeoutError:
+                        pass
+                assert got == [{"n": 1}]
+                assert consumer.channel.atomic_fetch is False
+        assert "Redis has no BLMOVE" in caplog.text
+    finally:
+        server.terminate()
+        server.wait(10)

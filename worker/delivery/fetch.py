@@ -155,6 +155,13 @@ class AtomicFetchChannel(kombu_redis.Channel):
                 if pending == TAKE and isinstance(exc, NoScriptError):
                     self._script_cached = False  # Redis restarted or flushed its scripts; nothing ran
                     raise kombu_redis.Empty() from None
+                if pending == WAIT and "unknown command" in str(exc).lower():
+                    # BLMOVE needs Redis 6.2; older servers keep kombu's BRPOP and its window.
+                    log.error("Redis has no BLMOVE (it needs Redis >= 6.2): fetching with BRPOP, which can lose "
+                              "the message of a fetch in flight (docs/reliability.md)")
+                    self.atomic_fetch = False
+                    self._next_fetch = TAKE
+                    raise kombu_redis.Empty() from None
                 raise
             except self.connection_errors:
                 self.client.connection.disconnect()
