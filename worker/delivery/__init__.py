@@ -4,4 +4,5 @@
 * ``recovery``: publishes them under a liveness key, and gives back the unacknowledged messages of dead workers.
 * ``handback``: on warm shutdown, stops fetching and requeues the tasks still waiting for their ETA.
 * ``bootsteps``: runs the recovery thread and the hand-back in every ``celery worker``.
+* ``fetch``: the Redis channel whose fetch pops a message and records it unacknowledged in one atomic script.
 """

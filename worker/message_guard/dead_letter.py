@@ -42,13 +42,21 @@ def entry(raw: bytes | str | Any, reason: str, queue: str | None) -> str:
                        "truncated": len(text) > PAYLOAD_LIMIT})
 
 
-def discard(channel: Any, raw: bytes | str | Any, reason: str, queue: str | None) -> None:
-    """Log and dead-letter a message that will not be delivered (the caller has already taken it off the queue)."""
+def discard(channel: Any, raw: bytes | str | Any, reason: str, queue: str | None,
+            unacked_tag: str | None = None) -> None:
+    """Log and dead-letter a message that will not be delivered (the caller has already taken it off the queue).
+
+    ``unacked_tag``: the delivery tag under which the fetch recorded it unacknowledged, removed in the same
+    transaction (a worker dying before it leaves the message to the recovery, which restores it)."""
     log.error("discarded malformed message from queue %s: %s; payload: %s",
               escape(str(queue)), escape(reason), escape(raw_text(raw), 200))
     client = redis.Redis(connection_pool=channel.pool)  # unprefixed client: we prefix the key ourselves
     key = dead_letter_key(channel)
+    prefix = getattr(channel, "global_keyprefix", "") or ""
     with client.pipeline(transaction=True) as pipe:
         pipe.lpush(key, entry(raw, reason, queue))
         pipe.ltrim(key, 0, DEAD_LETTER_LIMIT - 1)
+        if unacked_tag is not None:
+            pipe.zrem(prefix + channel.unacked_index_key, unacked_tag)
+            pipe.hdel(prefix + channel.unacked_key, unacked_tag)
         pipe.execute()

@@ -2,18 +2,19 @@
 
 kombu 5.7 turns the popped bytes into a dict and a Message without any error handling: a payload that is not
 JSON, not an object, has no properties or a bad base64 body raises out of the event loop and ends the worker.
-Here such a payload is dead-lettered instead; it was already popped by BRPOP and never reached the unacked
-hash, so nothing restores it on shutdown. Selected with ``broker_transport``; URLs stay redis:// or rediss://.
+Here such a payload is dead-lettered instead, and taken out of the unacked hash if the fetch recorded it there,
+so nothing restores it on shutdown. The fetch itself is the atomic take of worker/delivery/fetch.py. Selected with
+``broker_transport``; URLs stay redis:// or rediss://.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from worker.delivery.fetch import AtomicFetchChannel, AtomicFetchTransport
 from worker.message_guard.dead_letter import discard
 from worker.message_guard.rules import envelope_problem
 
@@ -28,29 +29,15 @@ def decode_envelope(item: bytes | str) -> tuple[Any, str | None]:
     return (None, problem) if problem else (envelope, None)
 
 
-class GuardedChannel(kombu_redis.Channel):
-    def _brpop_read(self, **options: Any) -> bool:
-        # kombu 5.7.0's Channel._brpop_read, except that the popped item is checked before delivery.
-        try:
-            try:
-                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            if not dest__item:
-                raise kombu_redis.Empty()
-            dest, item = dest__item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(dest)
-            envelope, problem = decode_envelope(item)
-            if problem:
-                discard(self, item, problem, dest)
-            else:
-                self.connection._deliver(envelope, dest)
-            return True
-        finally:
-            self._in_poll = None
-            self._flush_brpop_reauth()
+class GuardedChannel(AtomicFetchChannel):
+    def _deliver_fetched(self, item: bytes, queue: str, recorded: str | None) -> None:
+        # The popped item is checked before kombu decodes it; a message the take recorded in unacked leaves it
+        # in the same transaction that dead-letters it.
+        envelope, problem = decode_envelope(item)
+        if problem:
+            discard(self, item, problem, queue, unacked_tag=recorded)
+        else:
+            self._deliver_envelope(envelope, queue, recorded)
 
     def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                             leftmost: bool = False) -> None:
@@ -62,5 +49,5 @@ class GuardedChannel(kombu_redis.Channel):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
 
-class GuardedTransport(kombu_redis.Transport):
+class GuardedTransport(AtomicFetchTransport):
     Channel = GuardedChannel
