@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.endpoint import BenchEndpoint
 from config import load_settings
 from tests.conftest import base_environment, start_worker_process
-from bench.endpoint import BenchEndpoint
 from tests.support.execution_data import ExecutionData
 from worker.dev.provision import drop_database, provision_database
 from worker.dev.services import postgres_admin_url, redis_base_url
