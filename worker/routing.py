@@ -9,7 +9,14 @@ EXECUTION_TASKS = frozenset({"rhesis.backend.tasks.execute_test_configuration"})
 EXECUTION_PREFIX = "rhesis.backend.tasks.execution."
 
 
+# Sent by the API, not by the execution: on the default queue, so that cancelling does not wait behind the
+# lanes that fill the `execution` queue.
+CONTROL_TASKS = frozenset({"rhesis.backend.tasks.execution.cancel_test_run"})
+
+
 def queue_for(task_name: str) -> str:
+    if task_name in CONTROL_TASKS:
+        return DEFAULT_QUEUE
     if task_name in EXECUTION_TASKS or task_name.startswith(EXECUTION_PREFIX):
         return EXECUTION_QUEUE
     return DEFAULT_QUEUE

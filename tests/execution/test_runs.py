@@ -16,12 +16,17 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from tests.conftest import WorkerProcess, start_worker_process
 from tests.support.endpoint_server import EndpointServer
 from tests.support.execution_data import Configuration, ExecutionData
+from worker.db.models import TestRun
 from worker.db.session import tenant_session
 from worker.execution.cancel import cancel_test_run
+from worker.execution.runs import start_run
+from worker.execution.store import MAX_CLAIMS
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -304,3 +309,69 @@ def test_a_small_run_is_not_starved_by_a_large_run_of_another_tenant(client_app,
             cancel_test_run(db, uuid.UUID(big_run))
     print(f"20-test run alone {alone:.2f} s, beside a 5,000-test run {beside:.2f} s")
     assert beside <= 2 * alone
+
+
+def test_an_answer_postgresql_cannot_store_is_stored_cleaned(client_app, workers, data, server) -> None:
+    server.configure(answer="nul \x00 here")
+    workers()
+    configuration = data.configuration(server.url + "/chat", 5)
+    run_id = execute(client_app, configuration)
+    run = wait_for_run(data, configuration.organization_id, run_id, timeout=60)
+    results = data.results(configuration.organization_id, run_id)
+    assert run.status == "completed" and len(results) == 5
+    assert {r.output for r in results} == {"nul \ufffd here"}
+    assert set(server.calls.values()) == {1}
+
+
+def test_a_test_claimed_too_often_is_stored_as_an_error_not_handed_on(client_app, workers, data, server) -> None:
+    configuration = data.configuration(server.url + "/chat", 4)
+    with tenant_session(configuration.organization_id, configuration.user_id, engine=data.engine) as db:
+        run = start_run(db, organization_id=configuration.organization_id, user_id=configuration.user_id,
+                        test_configuration_id=configuration.configuration_id, task_id=f"pre-{uuid.uuid4()}")
+        poisoned = configuration.test_ids[0]
+        db.execute(text("UPDATE test_run_item SET claims = :n WHERE test_run_id = :r AND test_id = :t"),
+                   {"n": MAX_CLAIMS, "r": run.id, "t": poisoned})
+    workers()
+    run_id = execute(client_app, configuration, test_run_id=str(run.id))
+    assert run_id == str(run.id)
+    wait_for_run(data, configuration.organization_id, run_id, timeout=60)
+    results = {str(r.test_id): r for r in data.results(configuration.organization_id, run_id)}
+    assert len(results) == 4
+    assert results[poisoned].status == "error" and results[poisoned].error_type == "internal"
+    assert poisoned not in server.calls and server.total_calls() == 3
+
+
+def test_the_sweeper_leaves_a_run_whose_execute_message_has_not_run_yet(client_app, session_env, workers, data,
+                                                                        server) -> None:
+    configuration = data.configuration(server.url + "/chat", 3)
+    run_id = str(uuid.uuid4())
+    with tenant_session(configuration.organization_id, configuration.user_id, engine=data.engine) as db:
+        db.add(TestRun(id=uuid.UUID(run_id), organization_id=uuid.UUID(configuration.organization_id),
+                       test_configuration_id=uuid.UUID(configuration.configuration_id), status="queued"))
+    report = sweep(session_env, 0)  # every active run counts as stalled
+    assert run_id not in report["closed"] and run_id not in report["requeued"]
+    assert data.run(configuration.organization_id, run_id).status == "queued"
+    workers()
+    assert execute(client_app, configuration, test_run_id=run_id) == run_id
+    run = wait_for_run(data, configuration.organization_id, run_id, timeout=60)
+    assert run.status == "completed" and data.result_count(configuration.organization_id, run_id) == 3
+
+
+def test_database_connections_killed_mid_run_cost_no_result_and_no_second_call(client_app, workers, data, server,
+                                                                               migrated_database) -> None:
+    server.configure(latency=0.3)
+    workers()
+    configuration = data.configuration(server.url + "/chat", 300, max_concurrency=30)
+    run_id = execute(client_app, configuration)
+    runtime_role = make_url(migrated_database.runtime_url).username
+    killed = 0
+    for _ in range(3):
+        time.sleep(1.0)
+        with data.engine.connect() as connection:
+            killed += len(connection.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role"),
+                {"role": runtime_role}).all())
+    assert killed, "no worker connection was there to kill"
+    run = wait_for_run(data, configuration.organization_id, run_id, timeout=120)
+    assert run.status == "completed" and data.result_count(configuration.organization_id, run_id) == 300
+    assert set(server.calls.values()) == {1}, "a test was called twice after a database connection died"

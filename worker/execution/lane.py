@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
+from worker.db.engine import get_engine
 from worker.db.session import tenant_session
 from worker.execution import store
 from worker.execution.endpoint import EndpointClient
@@ -36,6 +37,9 @@ CANCEL_POLL_SECONDS = 0.5
 IDLE_CLAIM_SECONDS = 0.2
 #: How often a busy lane marks its run alive for the sweeper (well under EXECUTION_STALL_SECONDS).
 TOUCH_SECONDS = 5.0
+#: A lane whose claims found the caps full for this long (other lanes' or other runs' calls) gives its pool slot
+#: back; its successor is sent with a delay and polls.
+IDLE_EXIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ class Lane:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execution-db")
         self._session: Session | None = None
         self._session_scope: Any = None
+        self._connection: Any = None
 
     async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``function(session, ...)`` as one transaction on the lane's database thread. The lane keeps one
@@ -117,7 +122,11 @@ class Lane:
         reset per round trip."""
         def call() -> T:
             if self._session is None:
-                self._session_scope = tenant_session(self.tenant.organization_id, self.tenant.user_id)
+                # Bound to one connection for the lane's life: a Session bound to the engine would hand its
+                # connection back to the pool (and reset it) at every commit.
+                self._connection = get_engine().connect()
+                self._session_scope = tenant_session(self.tenant.organization_id, self.tenant.user_id,
+                                                     engine=self._connection)
                 self._session = self._session_scope.__enter__()
             try:
                 value = function(self._session, *args, **kwargs)
@@ -130,9 +139,24 @@ class Lane:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _close_session(self) -> None:
-        if self._session_scope is not None:
-            scope, self._session_scope, self._session = self._session_scope, None, None
-            scope.__exit__(None, None, None)
+        scope, connection = self._session_scope, self._connection
+        self._session_scope, self._session, self._connection = None, None, None
+        try:
+            if scope is not None:
+                scope.__exit__(None, None, None)
+        finally:
+            if connection is not None:
+                connection.close()
+
+    async def _db_reset(self) -> None:
+        """Drop the lane's session and connection after an error; the next round trip opens new ones."""
+        def reset() -> None:
+            try:
+                self._close_session()
+            except Exception:
+                log.debug("closing a failed session", exc_info=True)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, reset)
 
     # -- one test ------------------------------------------------------------------------------------------
     async def _execute(self, test: TestRow) -> store.StoredResult:
@@ -183,6 +207,25 @@ class Lane:
                                  lease_seconds=self.limits.lease_seconds, touch=touch)
         return outcome, load_tests(db, outcome.claimed) if outcome.claimed else []
 
+    async def _round_trip(self, batch: list[store.StoredResult], want: int, touch: bool
+                          ) -> tuple[store.Exchange, list[TestRow]]:
+        """One exchange, retried with backoff on database errors (a failover, a reset connection, a deadlock
+        victim): the finished results of ``batch`` are never dropped and the calls in flight go on meanwhile.
+        Gives up (raises) after about ``lease_seconds`` of failures, when the leases are lost anyway."""
+        delay, waited = 0.2, 0.0
+        while True:
+            try:
+                return await self._db(self._exchange, batch, want, touch)
+            except Exception as exc:
+                if waited >= self.limits.lease_seconds:
+                    raise
+                log.warning("run %s: database round trip failed (%s); retrying in %.1f s", self.run_id,
+                            type(exc).__name__, delay)
+                await self._db_reset()
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
+
     async def _run(self) -> LaneReport:
         """Refill as calls finish: each round trip stores what finished and leases as many tests as there are
         free slots, so the run's leases track its calls in flight closely and the cap is used, not wasted on
@@ -194,16 +237,21 @@ class Lane:
         last_poll = last_renew = started
         last_touch = started - TOUCH_SECONDS
         next_claim = started
-        handed_over = False
+        idle_since: float | None = None
+        slice_over = False
         try:
             while True:
                 now = time.monotonic()
-                claiming = now - started < limits.lane_seconds and not handed_over
+                claiming = now - started < limits.lane_seconds and not slice_over
                 want = limits.lane_cap - len(in_flight) if claiming and now >= next_claim else 0
                 if finished or want or now - last_poll >= CANCEL_POLL_SECONDS:
                     batch, finished = finished, []
                     touch = now - last_touch >= TOUCH_SECONDS
-                    outcome, tests = await self._db(self._exchange, batch, want, touch)
+                    try:
+                        outcome, tests = await self._round_trip(batch, want, touch)
+                    except BaseException:
+                        finished = batch + finished  # still ours to store (see _settle)
+                        raise
                     last_touch = now if touch else last_touch
                     last_poll = time.monotonic()
                     self.report.stored += outcome.stored
@@ -218,11 +266,16 @@ class Lane:
                         if not outcome.claimable and not in_flight:
                             break  # nothing left that this lane could take
                         next_claim = time.monotonic() + IDLE_CLAIM_SECONDS  # caps full: others' calls in flight
-                if not claiming and not handed_over and self.handover is not None:
-                    handed_over = True  # a successor starts claiming while this lane's last calls finish
-                    await self._db(self._hand_over)
+                if claiming and not in_flight:
+                    idle_since = idle_since or now
+                    if now - idle_since >= IDLE_EXIT_SECONDS:
+                        slice_over = True  # caps full for a while: give the pool slot back, a successor polls
+                else:
+                    idle_since = None
+                if not claiming:
+                    slice_over = True
                 if not in_flight:
-                    if not claiming:
+                    if slice_over:
                         break
                     await asyncio.sleep(max(0.0, min(next_claim, last_poll + CANCEL_POLL_SECONDS)
                                             - time.monotonic()))
@@ -233,11 +286,16 @@ class Lane:
                     in_flight.pop(task)
                     finished.append(task.result())
                 if in_flight and time.monotonic() - last_renew >= limits.lease_seconds / 3:
-                    await self._db(store.renew, self.run_id, self.owner, list(in_flight.values()),
-                                   limits.lease_seconds)
+                    try:
+                        await self._db(store.renew, self.run_id, self.owner, list(in_flight.values()),
+                                       limits.lease_seconds)
+                    except Exception:
+                        log.warning("run %s: renewing leases failed; trying again", self.run_id, exc_info=True)
+                        await self._db_reset()
                     last_renew = time.monotonic()
         except BaseException:
-            # Interrupted (shutdown, time limit): stop the calls and hand the unfinished tests back.
+            # Interrupted (shutdown, time limit, a database that stays down): stop the calls and hand the
+            # unfinished tests back.
             ids = list(in_flight.values())
             for task in in_flight:
                 task.cancel()
@@ -245,14 +303,8 @@ class Lane:
             await asyncio.shield(self._settle(finished, ids))
             raise
         await self._flush(finished)
-        await self._wrap_up(handed_over)
+        await self._wrap_up()
         return self.report
-
-    def _hand_over(self, db: Session) -> None:
-        """At the end of its time slice, with work left and room under the cap, the lane sends its successor."""
-        if store.needs_lane(db, self.run_id, self.limits.run_cap, ignoring_owner=self.owner) and self.handover:
-            self.handover()
-            self.report.more_work = True
 
     async def _cancel_in_flight(self, in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID]
                                 ) -> list[store.StoredResult]:
@@ -283,19 +335,22 @@ class Lane:
             finished.clear()
             self.report.stored += await self._db(store.store_results, self.run_id, self.owner, batch)
 
-    async def _wrap_up(self, handed_over: bool) -> None:
+    async def _wrap_up(self) -> None:
         def wrap_up(db: Session) -> tuple[bool, str | None]:
             if self.report.cancelled:
                 store.cancel_untouched(db, self.run_id, include_expired=True)
             remaining = store.progress(db, self.run_id)
             if remaining.remaining == 0:
                 return False, store.finalize(db, self.run_id)
-            if self.report.cancelled or handed_over:
-                return self.report.more_work, None
-            if store.needs_lane(db, self.run_id, self.limits.run_cap) and self.handover is not None:
+            if self.report.cancelled:
+                return False, None
+            return store.needs_lane(db, self.run_id, self.limits.run_cap), None
+
+        more_work, self.report.final_status = await self._db(wrap_up)
+        if more_work and self.handover is not None:
+            # Outside the transaction: a broker error here must not undo stored results; the sweeper covers it.
+            try:
                 self.handover()
-                return True, None
-            return False, None
-
-        self.report.more_work, self.report.final_status = await self._db(wrap_up)
-
+                self.report.more_work = True
+            except Exception:
+                log.warning("run %s: could not send the next lane; the sweeper will", self.run_id, exc_info=True)

@@ -24,6 +24,27 @@ ACTIVE_RUN_STATUSES = ("queued", "running")
 RESULT_STATUSES = ("pass", "fail", "error", "not_scored", "cancelled")
 
 _UUIDS = ARRAY(UUID(as_uuid=True))
+#: A test claimed this often without a result (each worker running it died or was stopped) is stored as an error
+#: instead of being handed to the next worker: one poisonous test must not take the workers down one by one.
+MAX_CLAIMS = 3
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every string made storable: PostgreSQL refuses NUL characters and unpaired surrogates in
+    text and jsonb, and an endpoint's answer may contain either."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +143,11 @@ def needs_lane(db: Session, run_id: uuid.UUID, run_cap: int, *, ignoring_owner: 
     state = run_state(db, run_id)
     if state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested:
         return False
-    return claimable(db, run_id) > 0 and _running(db, run_id, ignoring_owner) < (state.max_concurrency or run_cap)
+    if claimable(db, run_id) == 0 or _running(db, run_id, ignoring_owner) >= (state.max_concurrency or run_cap):
+        return False
+    # Runs of other configurations may hold every call the endpoint allows: the run waits, but a lane still
+    # polls (its successor is sent with a delay when it claimed nothing), so the run is not left to the sweeper.
+    return True
 
 
 def _running(db: Session, run_id: uuid.UUID, ignoring_owner: str | None = None) -> int:
@@ -167,19 +192,21 @@ def _claim(db: Session, state: RunState | None, owner: str, want: int, *, run_ca
         want = min(want, state.endpoint_max_concurrency - _endpoint_running(db, state.endpoint_id))
     if want <= 0:
         return []
+    _give_up_on_poisonous(db, run_id)
     rows = db.execute(text("""
         UPDATE public.test_run_item i
         SET state = 'running', lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease),
             claims = i.claims + 1, updated_at = now()
         FROM (
             SELECT test_run_id, test_id FROM public.test_run_item
-            WHERE test_run_id = :run_id
+            WHERE test_run_id = :run_id AND claims < :max_claims
               AND (state = 'pending' OR (state = 'running' AND lease_expires_at <= now()))
             LIMIT :want FOR UPDATE SKIP LOCKED
         ) AS picked
         WHERE i.test_run_id = picked.test_run_id AND i.test_id = picked.test_id
         RETURNING i.test_id
-    """), {"run_id": run_id, "owner": owner, "lease": lease_seconds, "want": want}).scalars().all()
+    """), {"run_id": run_id, "owner": owner, "lease": lease_seconds, "want": want,
+           "max_claims": MAX_CLAIMS}).scalars().all()
     if rows and state.status == "queued":
         db.execute(text("""
             UPDATE public.test_run SET status = 'running', started_at = coalesce(started_at, now()),
@@ -187,6 +214,20 @@ def _claim(db: Session, state: RunState | None, owner: str, want: int, *, run_ca
             WHERE id = :run_id AND status = 'queued'
         """), {"run_id": run_id})
     return list(rows)
+
+
+def _give_up_on_poisonous(db: Session, run_id: uuid.UUID) -> None:
+    ids = db.execute(text("""
+        SELECT test_id FROM public.test_run_item
+        WHERE test_run_id = :run_id AND claims >= :max_claims
+          AND (state = 'pending' OR (state = 'running' AND lease_expires_at <= now()))
+        FOR UPDATE SKIP LOCKED
+    """), {"run_id": run_id, "max_claims": MAX_CLAIMS}).scalars().all()
+    if ids:
+        reason = (f"claimed {MAX_CLAIMS} times without a result: each worker that ran this test died or was "
+                  "stopped before storing it")
+        store_results(db, run_id, None, [StoredResult(test_id=i, status="error", error_type="internal",
+                                                      reason=reason) for i in ids])
 
 
 def renew(db: Session, run_id: uuid.UUID, owner: str, test_ids: Iterable[uuid.UUID], lease_seconds: int) -> None:
@@ -216,6 +257,11 @@ _INSERT_RESULTS = text("""
 """).bindparams(bindparam("rows", type_=JSONB), bindparam("done", type_=_UUIDS))
 
 
+def touch_run(db: Session, run_id: uuid.UUID) -> None:
+    """Mark the run alive for the sweeper."""
+    db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
+
+
 def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Sequence[StoredResult], *,
                   touch: bool = True) -> int:
     """Mark the tests done and write their results, for the tests whose lease ``owner`` still holds (any state
@@ -232,14 +278,14 @@ def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Se
     """).bindparams(bindparam("ids", type_=_UUIDS)), {"run_id": run_id, "ids": ids, "owner": owner}).scalars().all()
     if not done:
         return 0
-    rows = [{
+    rows = [storable({
         "test_id": str(r.test_id), "status": r.status, "output": r.output, "reason": r.reason,
         "error_type": r.error_type, "http_status": r.http_status, "latency_ms": r.latency_ms,
         "attempts": r.attempts, "score": r.score, "metrics": list(r.metrics), "details": r.details or {},
-    } for r in results]
+    }) for r in results]
     db.execute(_INSERT_RESULTS, {"rows": rows, "run_id": run_id, "done": list(done)})
     if touch:
-        db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
+        touch_run(db, run_id)
     return len(done)
 
 
@@ -307,13 +353,18 @@ def final_status(counts: dict[str, int], *, cancelled: bool) -> str:
     return "completed"
 
 
-def finalize(db: Session, run_id: uuid.UUID) -> str | None:
+def finalize(db: Session, run_id: uuid.UUID, *, allow_empty: bool = False) -> str | None:
     """Close the run if no test is left; returns the final status when this call closed it (exactly one caller
-    does: the update is conditional on the run still being active)."""
+    does: the update is conditional on the run still being active). A run without any item is closed only when
+    ``allow_empty`` (its execute task seeded it and found no test) or when it is being cancelled: a run the
+    producer created whose execute message is still queued has no items yet, and is not finished."""
     state = run_state(db, run_id, lock=True)
     if state is None or state.status not in ACTIVE_RUN_STATUSES:
         return None
-    if progress(db, run_id).remaining:
+    counted = progress(db, run_id)
+    if counted.remaining:
+        return None
+    if counted.done == 0 and not (allow_empty or state.cancel_requested):
         return None
     counts = result_counts(db, run_id)
     status = final_status(counts, cancelled=state.cancel_requested)
@@ -361,7 +412,9 @@ def exchange(db: Session, run_id: uuid.UUID, owner: str, results: Sequence[Store
     """Store finished results and lease up to ``want`` more tests in one transaction: a lane pays one round trip
     per refill, and its leases stop counting against the cap as soon as their results are in. ``touch`` marks
     the run as alive for the sweeper (a lane does it every few seconds, not on every refill)."""
-    stored = store_results(db, run_id, owner, results, touch=touch)
+    stored = store_results(db, run_id, owner, results, touch=False)
+    if touch:
+        touch_run(db, run_id)
     state = run_state(db, run_id, lock=want > 0)
     cancelled = state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested
     claimed = [] if cancelled else _claim(db, state, owner, want, run_cap=run_cap, lease_seconds=lease_seconds)
