@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from tests.conftest import WorkerProcess, start_worker_process
 from tests.support.endpoint_server import EndpointServer
@@ -365,12 +366,16 @@ def test_database_connections_killed_mid_run_cost_no_result_and_no_second_call(c
     run_id = execute(client_app, configuration)
     runtime_role = make_url(migrated_database.runtime_url).username
     killed = 0
-    for _ in range(3):
-        time.sleep(1.0)
-        with data.engine.connect() as connection:
-            killed += len(connection.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role"),
-                {"role": runtime_role}).all())
+    admin = create_engine(migrated_database.admin_url, poolclass=NullPool)
+    try:
+        for _ in range(3):
+            time.sleep(1.0)
+            with admin.connect() as connection:
+                killed += len(connection.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role"),
+                    {"role": runtime_role}).all())
+    finally:
+        admin.dispose()
     assert killed, "no worker connection was there to kill"
     run = wait_for_run(data, configuration.organization_id, run_id, timeout=120)
     assert run.status == "completed" and data.result_count(configuration.organization_id, run_id) == 300

@@ -60,6 +60,9 @@ def _settle(db: Session, run_id: uuid.UUID) -> tuple[str, str | None]:
     state = store.run_state(db, run_id)
     if state is None or state.status not in store.ACTIVE_RUN_STATUSES:
         return "busy", None
+    counted = store.progress(db, run_id)
+    if counted.remaining + counted.done == 0 and not state.cancel_requested:
+        return "busy", None  # not seeded yet: its execute message (still queued) does that
     if state.cancel_requested:
         store.cancel_untouched(db, run_id)
     status = store.finalize(db, run_id)
