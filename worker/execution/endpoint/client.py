@@ -162,7 +162,8 @@ class EndpointClient:
         """The endpoint's answer; an OAuth2 token the endpoint rejects with 401 is dropped and the request sent
         once more with a fresh one."""
         while True:
-            headers = await self._guarded(auth_headers(endpoint.auth, self._tokens, self._post_token), "token endpoint")
+            headers = await self._guarded(
+                auth_headers(endpoint.id, endpoint.auth, self._tokens, self._post_token), "token endpoint")
             if endpoint.auth.kind == "oauth2_client_credentials":
                 state.token = headers["Authorization"].removeprefix("Bearer ")
             state.attempts += 1
@@ -174,7 +175,7 @@ class EndpointClient:
             state.status = answer.status
             if answer.status == 401 and state.token and not state.refreshed:
                 state.refreshed = True
-                self._tokens.invalidate(endpoint.auth, state.token)
+                self._tokens.invalidate(endpoint.id, endpoint.auth, state.token)
                 continue
             return answer
 
