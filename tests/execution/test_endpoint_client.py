@@ -192,6 +192,28 @@ def test_secrets_never_appear_in_errors(server: EndpointServer) -> None:
     assert "secret" not in (result.error or "") and "token endpoint" in (result.error or "")
 
 
+def test_a_secret_straddling_the_snippet_cut_is_scrubbed(server: EndpointServer) -> None:
+    """The error line keeps 200 characters of the body; a secret across that cut must not leave its head."""
+    token = "bearer-secret-straddling-1"
+    prefix = '{"output": "'  # how the test server's JSON answer starts
+    for start in (190, 195, 199):
+        server.configure(status=400, answer="p" * (start - len(prefix)) + token)
+        result = invoke(chat(server, auth=EndpointAuth(kind="bearer_token", token=token)))
+        assert result.error_type == "http_4xx"
+        assert token[:4] not in (result.error or ""), result.error
+        assert "p*" in (result.error or ""), result.error  # the marker itself may be cut
+
+
+def test_a_secret_cut_by_the_error_read_limit_leaves_no_head(server: EndpointServer) -> None:
+    # Whitespace folding would bring the end of the 2048 bytes read into the 200-character snippet.
+    token = "bearer-secret-at-the-read-limit"
+    prefix = '{"output": "'
+    server.configure(status=400, answer=" " * (2040 - len(prefix)) + token)
+    result = invoke(chat(server, auth=EndpointAuth(kind="bearer_token", token=token)))
+    assert result.error_type == "http_4xx"
+    assert token[:4] not in (result.error or ""), result.error
+
+
 def oauth(server: EndpointServer) -> EndpointAuth:
     return EndpointAuth(kind="oauth2_client_credentials", token_url=server.url + "/token", client_id="client-1",
                         client_secret=server.client_secret, scopes=("read", "write"), audience="api://llm")
