@@ -192,6 +192,28 @@ def test_secrets_never_appear_in_errors(server: EndpointServer) -> None:
     assert "secret" not in (result.error or "") and "token endpoint" in (result.error or "")
 
 
+def test_a_secret_straddling_the_snippet_cut_is_scrubbed(server: EndpointServer) -> None:
+    """The error line keeps 200 characters of the body; a secret across that cut must not leave its head."""
+    token = "bearer-secret-straddling-1"
+    prefix = '{"output": "'  # how the test server's JSON answer starts
+    for start in (190, 195, 199):
+        server.configure(status=400, answer="p" * (start - len(prefix)) + token)
+        result = invoke(chat(server, auth=EndpointAuth(kind="bearer_token", token=token)))
+        assert result.error_type == "http_4xx"
+        assert token[:4] not in (result.error or ""), result.error
+        assert "p*" in (result.error or ""), result.error  # the marker itself may be cut
+
+
+def test_a_secret_cut_by_the_error_read_limit_leaves_no_head(server: EndpointServer) -> None:
+    # Whitespace folding would bring the end of the 2048 bytes read into the 200-character snippet.
+    token = "bearer-secret-at-the-read-limit"
+    prefix = '{"output": "'
+    server.configure(status=400, answer=" " * (2040 - len(prefix)) + token)
+    result = invoke(chat(server, auth=EndpointAuth(kind="bearer_token", token=token)))
+    assert result.error_type == "http_4xx"
+    assert token[:4] not in (result.error or ""), result.error
+
+
 def oauth(server: EndpointServer) -> EndpointAuth:
     return EndpointAuth(kind="oauth2_client_credentials", token_url=server.url + "/token", client_id="client-1",
                         client_secret=server.client_secret, scopes=("read", "write"), audience="api://llm")
@@ -218,6 +240,63 @@ def test_oauth_token_is_fetched_once_for_many_calls_and_refreshed_after_401(serv
                                       "client_secret": server.client_secret, "scope": "read write",
                                       "audience": "api://llm"}
     assert {r.attempts for r in second} == {2}
+
+
+def test_oauth_tokens_are_never_shared_between_endpoints(server: EndpointServer) -> None:
+    """One client serves every tenant: endpoints that copy another's token_url, client_id, scopes and audience
+    get their own token, and with a wrong secret an error, never the cached one."""
+    owner = EndpointSpec(id="endpoint-of-org-a", url=server.url + "/headers", request_mapping=CHAT_MAPPING,
+                         auth=oauth(server))
+    copycat = EndpointSpec(id="endpoint-of-org-b", url=owner.url, request_mapping=CHAT_MAPPING, auth=oauth(server))
+    wrong_secret = EndpointSpec(id="endpoint-of-org-c", url=owner.url, request_mapping=CHAT_MAPPING,
+                                auth=EndpointAuth(kind="oauth2_client_credentials", token_url=server.url + "/token",
+                                                  client_id="client-1", client_secret="not-the-secret",
+                                                  scopes=("read", "write"), audience="api://llm"))
+    same_id_wrong_secret = EndpointSpec(id=owner.id, url=owner.url, request_mapping=CHAT_MAPPING,
+                                        auth=wrong_secret.auth)
+    before_tokens, before_requests = server.token_requests, len(server.requests)
+
+    async def go() -> list[Invocation]:
+        async with EndpointClient(allow_private_targets=True, retry=FAST_RETRY) as client:
+            results = []
+            for endpoint in (owner, owner, copycat, wrong_secret, same_id_wrong_secret):
+                results.append(await client.invoke(endpoint, test_variables("p", test_id=new_id())))
+            return results
+
+    first, again, copied, wrong, same_id_wrong = asyncio.run(go())
+    assert first.ok and again.ok and copied.ok, (first.error, again.error, copied.error)
+    # owner twice from the cache, copycat its own fetch, both wrong-secret endpoints a (refused) fetch each.
+    assert server.token_requests - before_tokens == 4
+    seen = [headers.get("Authorization") for path, headers, _body in server.requests[before_requests:]
+            if path == "/headers"]
+    owner_token = f"Bearer token-{before_tokens + 1}"
+    assert seen == [owner_token, owner_token, f"Bearer token-{before_tokens + 2}"], seen
+    for refused in (wrong, same_id_wrong):
+        assert (refused.ok, refused.error_type, refused.http_status) == (False, "http_4xx", 401), refused
+        assert "token endpoint" in (refused.error or "")
+
+
+def test_a_401_drops_only_that_endpoints_token(server: EndpointServer) -> None:
+    first = EndpointSpec(id="first", url=server.url + "/unauthorized-once", request_mapping=CHAT_MAPPING,
+                         auth=oauth(server))
+    second = EndpointSpec(id="second", url=server.url + "/headers", request_mapping=CHAT_MAPPING, auth=oauth(server))
+    before_tokens, before_requests = server.token_requests, len(server.requests)
+
+    async def go() -> list[Invocation]:
+        async with EndpointClient(allow_private_targets=True, retry=FAST_RETRY) as client:
+            warm = await client.invoke(second, test_variables("p", test_id=new_id()))
+            rejected = await client.invoke(first, test_variables("p", test_id=new_id()))
+            after = await client.invoke(second, test_variables("p", test_id=new_id()))
+            return [warm, rejected, after]
+
+    warm, rejected, after = asyncio.run(go())
+    assert warm.ok and rejected.ok and after.ok, (warm.error, rejected.error, after.error)
+    assert rejected.attempts == 2
+    # second: 1 fetch; first: 1 fetch + 1 after its 401. second's token survived first's 401.
+    assert server.token_requests - before_tokens == 3
+    seen = [headers.get("Authorization") for path, headers, _body in server.requests[before_requests:]
+            if path == "/headers"]
+    assert seen == [f"Bearer token-{before_tokens + 1}"] * 2, seen
 
 
 def test_a_401_without_oauth_is_not_retried(server: EndpointServer) -> None:

@@ -1,13 +1,19 @@
 """Authentication headers for endpoint calls, with the OAuth2 client-credentials token cache.
 
 Tokens are fetched with client_secret_post (grant_type, client_id, client_secret, scope, audience in the form
-body). One fetch at a time per (token_url, client_id, scopes, audience): a hundred calls that find no token
-wait for the first one's fetch instead of sending a hundred token requests.
+body). One fetch at a time per cache key: a hundred calls that find no token wait for the first one's fetch
+instead of sending a hundred token requests.
+
+One EndpointClient serves every tenant's lanes in a process, so the cache key holds the endpoint's id (an
+endpoint belongs to exactly one organization) and a SHA-256 of the client secret. Without them, another
+organization could define an endpoint with the same token_url, client_id, scopes and audience, any secret and a
+URL it controls, and be handed the first organization's cached bearer token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import time
@@ -23,7 +29,8 @@ EXPIRY_MARGIN_SECONDS = 30.0
 DEFAULT_TOKEN_LIFETIME = 300.0
 _CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|cookie|session|password|credential|signature")
 
-TokenKey = tuple[str, str, tuple[str, ...], str | None]
+#: (endpoint id, token_url, client_id, scopes, audience, sha256 of the client secret)
+TokenKey = tuple[str, str, str, tuple[str, ...], str | None, str]
 #: (token_url, form) -> (status, body); supplied by the client so the fetch goes through the guarded session.
 TokenPost = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
 
@@ -34,8 +41,10 @@ class _Token:
     expires_at: float
 
 
-def token_key(auth: EndpointAuth) -> TokenKey:
-    return (auth.token_url or "", auth.client_id or "", tuple(auth.scopes), auth.audience)
+def token_key(endpoint_id: str, auth: EndpointAuth) -> TokenKey:
+    # The secret is hashed so the key (kept for the process's life) does not hold it in clear.
+    secret_hash = hashlib.sha256((auth.client_secret or "").encode()).hexdigest()
+    return (endpoint_id, auth.token_url or "", auth.client_id or "", tuple(auth.scopes), auth.audience, secret_hash)
 
 
 class TokenCache:
@@ -43,8 +52,8 @@ class TokenCache:
         self._tokens: dict[TokenKey, _Token] = {}
         self._locks: dict[TokenKey, asyncio.Lock] = {}
 
-    async def token(self, auth: EndpointAuth, post: TokenPost) -> str:
-        key = token_key(auth)
+    async def token(self, endpoint_id: str, auth: EndpointAuth, post: TokenPost) -> str:
+        key = token_key(endpoint_id, auth)
         cached = self._tokens.get(key)
         if cached is not None and cached.expires_at > time.monotonic():
             return cached.value
@@ -58,9 +67,10 @@ class TokenCache:
             self._tokens[key] = token
             return token.value
 
-    def invalidate(self, auth: EndpointAuth, rejected: str) -> None:
-        """Forget the token the endpoint rejected; if another call already replaced it, keep the new one."""
-        key = token_key(auth)
+    def invalidate(self, endpoint_id: str, auth: EndpointAuth, rejected: str) -> None:
+        """Forget the token this endpoint rejected; if another call already replaced it, keep the new one.
+        Other endpoints' tokens are untouched."""
+        key = token_key(endpoint_id, auth)
         cached = self._tokens.get(key)
         if cached is not None and cached.value == rejected:
             del self._tokens[key]
@@ -94,7 +104,8 @@ async def _fetch_token(auth: EndpointAuth, post: TokenPost) -> _Token:
     return _Token(value, started + lifetime - margin)
 
 
-async def auth_headers(auth: EndpointAuth, tokens: TokenCache, post: TokenPost) -> dict[str, str]:
+async def auth_headers(endpoint_id: str, auth: EndpointAuth, tokens: TokenCache,
+                       post: TokenPost) -> dict[str, str]:
     if auth.kind == "none":
         return {}
     if auth.kind == "bearer_token":
@@ -106,7 +117,7 @@ async def auth_headers(auth: EndpointAuth, tokens: TokenCache, post: TokenPost) 
             raise CallError("invalid_endpoint", "api_key authentication has no key")
         return {auth.header_name: auth.token}
     if auth.kind == "oauth2_client_credentials":
-        return {"Authorization": f"Bearer {await tokens.token(auth, post)}"}
+        return {"Authorization": f"Bearer {await tokens.token(endpoint_id, auth, post)}"}
     raise CallError("invalid_endpoint", f"unknown authentication kind {auth.kind!r}")
 
 

@@ -79,6 +79,20 @@ def _scrub(message: str, secrets: tuple[str, ...]) -> str:
     return _one_line(message, 500)
 
 
+def _error_snippet(body: bytes, secrets: tuple[str, ...]) -> str:
+    """The start of an error body for the error line. Scrubbed before it is cut: cutting first would leave the
+    head of a secret that straddles the cut, which the later scrub of the whole message no longer recognises."""
+    text = body.decode("utf-8", errors="replace")
+    if len(body) >= ERROR_SNIPPET_BYTES:
+        # The read stopped at the byte limit and may have split a secret; whitespace folding could pull that
+        # head into the snippet, so the tail where it could sit goes.
+        text = text[:max(0, len(text) - max((len(secret) for secret in secrets), default=0))]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _one_line(text)
+
+
 class EndpointClient:
     def __init__(self, *, allow_private_targets: bool, max_response_bytes: int = 1_048_576,
                  retry: RetryPolicy = RetryPolicy(), max_output_chars: int = 65_536,  # noqa: B008 - frozen value
@@ -148,7 +162,7 @@ class EndpointClient:
                 text = answer.body.decode("utf-8", errors="replace")
             return map_response(endpoint, text, self._max_output_chars)
         detail = f"endpoint answered HTTP {status}"
-        snippet = _one_line(answer.body.decode("utf-8", errors="replace"))
+        snippet = _error_snippet(answer.body, (*secrets_of(endpoint.auth), *((state.token,) if state.token else ())))
         if snippet:
             detail += f": {snippet}"
         if status == 429:
@@ -162,7 +176,8 @@ class EndpointClient:
         """The endpoint's answer; an OAuth2 token the endpoint rejects with 401 is dropped and the request sent
         once more with a fresh one."""
         while True:
-            headers = await self._guarded(auth_headers(endpoint.auth, self._tokens, self._post_token), "token endpoint")
+            headers = await self._guarded(
+                auth_headers(endpoint.id, endpoint.auth, self._tokens, self._post_token), "token endpoint")
             if endpoint.auth.kind == "oauth2_client_credentials":
                 state.token = headers["Authorization"].removeprefix("Bearer ")
             state.attempts += 1
@@ -174,7 +189,7 @@ class EndpointClient:
             state.status = answer.status
             if answer.status == 401 and state.token and not state.refreshed:
                 state.refreshed = True
-                self._tokens.invalidate(endpoint.auth, state.token)
+                self._tokens.invalidate(endpoint.id, endpoint.auth, state.token)
                 continue
             return answer
 
