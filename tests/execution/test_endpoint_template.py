@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from worker.execution.endpoint import template_limits
 from worker.execution.endpoint.errors import CallError
 from worker.execution.endpoint.template import (
     MAX_RENDERED_CHARS,
@@ -125,6 +126,22 @@ def test_sandbox_escapes_are_refused(source: str) -> None:
     ("{{ '{:>999999999}'.format(1) }}", "format width too large"),
     ("{{ ('x' * 1000000).replace('', 'yy') }}", "result too large"),
     ("{{ lipsum(5) }}", "'lipsum' is undefined"),
+    # Just over the cap, so a missing projection shows as the wrong refusal (the streamed-output cap) without
+    # allocating gigabytes.
+    ("{{ ('x' * 1000) | replace('x', 'y' * 1001) }}", "replace result too large"),
+    ("{{ ('x' * 1000).replace('x', 'y' * 1001) }}", "replace result too large"),
+    ("{{ ('a\\n' * 1000) | indent(1001) }}", "indent result too large"),
+    ("{{ ('a\\n' * 1000) | indent('y' * 1001) }}", "indent result too large"),
+    ("{{ ('ab ' * 1000) | wordwrap(1, True, 'y' * 1000) }}", "wordwrap result too large"),
+    ("{{ ('%(a)s' * 11) | format(a='y' * 100000) }}", "format result too large"),
+    ("{{ ('{0}' * 11).format('y' * 100000) }}", "format result too large"),
+    ("{{ ('{a}' * 11).format_map({'a': 'y' * 100000}) }}", "format result too large"),
+    ("{{ ('%(a)s' * 11) % {'a': 'y' * 100000} }}", "% result too large"),
+    ("{{ ('x' * 1000) | join('y' * 1001) }}", "join result too large"),
+    ("{{ ('y' * 1001).join('x' * 1000) }}", "join result too large"),
+    ("{{ ('y' * 1001).join(range(1000) | map('string')) }}", "join result too large"),
+    ("{{ ('\\t' * 1000).expandtabs(1001) }}", "expandtabs result too large"),
+    ("{{ ('a.com ' * 1000) | urlize(target='y' * 1000) }}", "urlize result too large"),
 ])
 def test_runaway_templates_are_refused_before_doing_the_work(source: str, refusal: str) -> None:
     """The refusal names the bound that stopped it: the output cap alone would come after gigabytes."""
@@ -140,3 +157,54 @@ def test_runaway_templates_are_refused_before_doing_the_work(source: str, refusa
 def test_output_just_under_the_cap_renders() -> None:
     text = render_text("{% for i in range(10000) %}{{ 'x' * 99 }}{% endfor %}", {})
     assert len(text) == 990_000 < MAX_RENDERED_CHARS
+
+
+def test_multiplying_filters_under_the_cap_still_render() -> None:
+    assert len(render_text("{{ ('x' * 1000) | replace('x', 'y' * 999) }}", {})) == 999_000
+    assert render_text("{{ 'a\\nb' | indent(2, first=True) }}", {}) == "  a\n  b"
+    assert render_text("{{ 'a b c' | wordwrap(1, True, '|') }}", {}) == "a|b|c"
+    assert render_text("{{ [1, 2] | join(', ') }}|{{ '-'.join(['a', 'b']) }}", {}) == "1, 2|a-b"
+    assert render_text("{{ '%s=%05d' | format('n', 7) }}|{{ '{:>4}'.format('a') }}", {}) == "n=00007|   a"
+
+
+@pytest.mark.parametrize(("text", "old", "new", "count"), [
+    ("xax", "x", "yy", None), ("xax", "", "--", None), ("xxxx", "x", "abc", 2), ("abc", "b", "", None)])
+def test_replace_projection_is_exact_when_growing(text: str, old: str, new: str, count: int | None) -> None:
+    real = len(text.replace(old, new) if count is None else text.replace(old, new, count))
+    projected = template_limits.replace_size(text, old, new, count)
+    assert projected == real if len(new) >= len(old) else projected >= real
+
+
+def test_projections_bound_the_real_output() -> None:
+    text = "one two\nthree\tfour " * 50
+    assert template_limits.indent_size(text, 3) >= len(render_text("{{ t | indent(3, true, true) }}", {"t": text}))
+    assert template_limits.wordwrap_size(text, 4, "<br>") >= len(
+        render_text("{{ t | wordwrap(4, True, '<br>') }}", {"t": text}))
+    assert template_limits.expandtabs_size(text, 9) >= len(text.expandtabs(9))
+    assert template_limits.join_size(list(text), "ab") == len("ab".join(text))
+    assert template_limits.format_size("{0}{0:>20}", ("abc",), {}, 0) >= len("{0}{0:>20}".format("abc"))
+    assert template_limits.printf_size("%s%10s", ("abc", "d"), {}, 0) >= len("%s%10s" % ("abc", "d"))  # noqa: UP031
+
+
+def test_center_projection_refuses_before_padding() -> None:
+    from jinja2.filters import do_center
+    from jinja2.sandbox import SecurityError
+    with pytest.raises(SecurityError, match="center result too large"):
+        template_limits.check_filter(do_center, ("x", 2_000_000), {}, 1_000_000, 100_000)
+    template_limits.check_filter(do_center, ("x", 999_999), {}, 1_000_000, 100_000)
+
+
+class _Exhausting:
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+
+    def __str__(self) -> str:
+        raise self.error()
+
+
+@pytest.mark.parametrize("error", [MemoryError, RecursionError])
+def test_memory_and_recursion_errors_are_request_template_errors(error: type[BaseException]) -> None:
+    with pytest.raises(CallError) as raised:
+        render_text("{{ v }}", {"v": _Exhausting(error)})
+    assert raised.value.error_type == "request_template"
+    assert error.__name__ in raised.value.message

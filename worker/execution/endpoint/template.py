@@ -9,6 +9,9 @@ for gigabytes or hours. So request templates are a data-shaping language, not a 
 * ``namespace`` (state that survives loop iterations) and ``lipsum`` are not available;
 * ``*``, ``**`` and ``%`` refuse results larger than the rendered-size cap, and no filter or method call may be
   given an integer above 100,000 (``center(10**9)``, ``ljust``, ``indent``...);
+* the filters and str methods that can multiply their input (``replace``, ``join``, ``indent``, ``wordwrap``,
+  ``center``, ``format``, ``urlize``, ``expandtabs``) are refused when their projected output is over the
+  cap, before they run (template_limits);
 * output is streamed and refused past MAX_RENDERED_CHARS.
 """
 
@@ -24,6 +27,13 @@ from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from worker.execution.endpoint.errors import CallError
+from worker.execution.endpoint.template_limits import (
+    check_filter,
+    check_str_method,
+    format_size,
+    printf_size,
+    refuse_over,
+)
 from worker.execution.spec import EndpointSpec
 
 MAX_RENDERED_CHARS = 1_000_000
@@ -62,7 +72,9 @@ class _RequestSandbox(ImmutableSandboxedEnvironment):
         elif isinstance(left, str) and _HUGE_FORMAT_WIDTH.search(left):
             raise SecurityError("format width too large")
         elif operator == "%" and isinstance(left, str):
-            _check_arguments(right if isinstance(right, tuple) else (right,), {})
+            values = right if isinstance(right, tuple) else (right,)
+            _check_arguments(values, {})
+            refuse_over(printf_size(left, values, {}, MAX_INT_ARGUMENT), MAX_RENDERED_CHARS, "%")
         return super().call_binop(context, operator, left, right)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -70,34 +82,31 @@ class _RequestSandbox(ImmutableSandboxedEnvironment):
         receiver = getattr(value, "__self__", None)
         if isinstance(receiver, str) and _HUGE_FORMAT_WIDTH.search(receiver):
             raise SecurityError("format width too large")
-        return super().wrap_str_format(value)
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None or not isinstance(receiver, str):
+            return wrapped
+
+        def sized(*args: Any, **kwargs: Any) -> str:
+            mapping = args[0] if getattr(value, "__name__", "") == "format_map" and args else kwargs
+            positional = () if mapping is not kwargs else args
+            refuse_over(format_size(receiver, positional, mapping, MAX_INT_ARGUMENT), MAX_RENDERED_CHARS, "format")
+            return wrapped(*args, **kwargs)
+
+        return sized
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _check_arguments(args, kwargs)
-        if getattr(__obj, "__name__", "") in {"join", "replace"} and isinstance(getattr(__obj, "__self__", None), str):
-            _check_join_or_replace(__obj.__self__, __obj.__name__, args)
+        receiver = getattr(__obj, "__self__", None)
+        if isinstance(receiver, str):
+            args = check_str_method(receiver, getattr(__obj, "__name__", ""), args, kwargs, MAX_RENDERED_CHARS)
         return super().call(__context, __obj, *args, **kwargs)
-
-
-def _check_join_or_replace(receiver: str, name: str, args: tuple[Any, ...]) -> None:
-    if name == "join" and args and isinstance(args[0], list | tuple):
-        total = sum(len(str(item)) for item in args[0]) + len(receiver) * len(args[0])
-    elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
-        total = (len(receiver) + 1) * max(len(args[1]), 1)
-    else:
-        return
-    if total > MAX_RENDERED_CHARS:
-        raise SecurityError("result too large")
 
 
 def _guarded_filter(function: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(function)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_arguments(args[1:], kwargs)
-        if function.__name__ == "do_join":
-            items = [a for a in args if isinstance(a, list | tuple)]
-            if items and sum(len(str(item)) for item in items[0]) > MAX_RENDERED_CHARS:
-                raise SecurityError("join result too large")
+        args, kwargs = check_filter(function, args, kwargs, MAX_RENDERED_CHARS, MAX_INT_ARGUMENT)
         return function(*args, **kwargs)
 
     return guarded
@@ -152,9 +161,10 @@ def render_text(source: str, variables: Mapping[str, Any]) -> str:
                 raise SecurityError(f"rendered text exceeds {MAX_RENDERED_CHARS} characters")
             parts.append(part)
         return "".join(parts)
-    except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError, LookupError) as exc:
+    except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError, LookupError,
+            MemoryError) as exc:
         # TemplateError covers SecurityError and UndefinedError; the others come from user expressions
-        # (1/0, int('x'), range too big).
+        # (1/0, int('x'), range too big) or a size no projection foresaw (MemoryError, RecursionError).
         raise CallError("request_template", f"request template: {_describe(exc)}") from None
 
 
