@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from worker.execution.metrics import Evaluator
 from worker.execution.metrics.deterministic import SCAN_LIMIT
+from worker.execution.metrics.timed_regex import TIMEOUT_REASON
 from worker.execution.spec import DETERMINISTIC_KINDS, EvaluationCase, JudgeSettings, MetricOutcome, MetricSpec
 
 ANSWER = "We will refund your order within 5 days.\nThank you!"
@@ -147,3 +151,88 @@ def test_quoted_values_in_reasons_are_escaped_and_cut() -> None:
     outcome = evaluate("contains", {"value": 'say "hi"\n' + "z" * 200})
     assert outcome.reason.startswith('output does not contain "say \\"hi\\"\\nzz')
     assert outcome.reason.endswith('..."') and len(outcome.reason) < 150
+
+
+# -- catastrophic backtracking: liveness, not speed; 5 s is far above the 1 s budget and far below "frozen" ----------
+
+BACKTRACKS = "(a|aa)+$"  # exponential in the regex package too, unlike (a+)+$ which it short-circuits
+DOOMED = "a" * 40 + "b"
+LIVENESS_S = 5.0
+
+
+def timed(kind: str, parameters: dict[str, Any], output: str) -> tuple[MetricOutcome, float]:
+    started = time.monotonic()
+    outcome = evaluate(kind, parameters, output=output)
+    return outcome, time.monotonic() - started
+
+
+def test_catastrophic_regex_is_an_error_after_the_timeout() -> None:
+    outcome, elapsed = timed("regex", {"pattern": BACKTRACKS}, DOOMED)
+    assert (outcome.status, outcome.passed, outcome.score) == ("error", None, None)
+    assert outcome.reason == TIMEOUT_REASON == (
+        "regex evaluation timed out after 1 s (catastrophic backtracking?)")
+    assert elapsed < LIVENESS_S
+
+
+def test_the_reviewed_pattern_finishes_and_fails() -> None:
+    outcome, elapsed = timed("regex", {"pattern": "(a+)+$", "flags": "i"}, "a" * 35 + "b")
+    assert (outcome.status, outcome.passed) == ("scored", False)
+    assert elapsed < LIVENESS_S
+
+
+def test_event_loop_and_other_threads_keep_running_during_a_catastrophic_regex() -> None:
+    # A lease-renewal thread must keep ticking while the loop's thread matches: regex releases the GIL on str.
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.01):
+            ticks.append(time.monotonic())
+
+    spec = MetricSpec(id="m1", name="regex check", kind="regex", parameters={"pattern": BACKTRACKS})
+    case = EvaluationCase(input="q", output=DOOMED, latency_ms=None)
+
+    async def run() -> tuple[MetricOutcome, bool]:
+        async with Evaluator(JudgeSettings()) as evaluator:
+            sleeper = asyncio.create_task(asyncio.sleep(0.01, result=True))
+            await asyncio.sleep(0)
+            outcome = await evaluator.evaluate(spec, case)
+            return outcome, await asyncio.wait_for(sleeper, LIVENESS_S)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    started = time.monotonic()
+    try:
+        outcome, slept = asyncio.run(run())
+    finally:
+        stop.set()
+        ticker.join()
+    assert outcome.status == "error" and slept is True
+    assert time.monotonic() - started < LIVENESS_S
+    during = [at for at in ticks if started + 0.2 < at < started + 0.8]
+    assert len(during) >= 10, f"only {len(during)} ticks while matching: the GIL was held"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"type": "string", "pattern": BACKTRACKS}}},
+    {"type": "object", "patternProperties": {BACKTRACKS: {"type": "integer"}}},
+    # jsonschema matches these keys with re itself, for additionalProperties: the pre-check must stop it first.
+    {"type": "object", "additionalProperties": False, "patternProperties": {BACKTRACKS: {}}},
+    {"$defs": {"d": {"patternProperties": {BACKTRACKS: {}}}}, "$ref": "#/$defs/d", "unevaluatedProperties": False},
+], ids=["pattern", "patternProperties", "additionalProperties", "unevaluatedProperties"])
+def test_catastrophic_schema_pattern_is_an_error_after_the_timeout(schema: dict[str, Any]) -> None:
+    answer = json.dumps({"a": DOOMED, DOOMED: 1})
+    outcome, elapsed = timed("is_json", {"schema": schema}, answer)
+    assert (outcome.status, outcome.passed) == ("error", None)
+    assert outcome.reason == f"is_json: {TIMEOUT_REASON}"
+    assert elapsed < LIVENESS_S
+
+
+def test_schema_patterns_still_validate() -> None:
+    schema = {"type": "object", "properties": {"id": {"pattern": "^[A-Z]{2}\\d+$"}},
+              "patternProperties": {"^x-": {"type": "string"}}, "additionalProperties": False}
+    assert evaluate("is_json", {"schema": schema}, output='{"id": "AB12", "x-note": "ok"}').passed is True
+    bad_id = evaluate("is_json", {"schema": schema}, output='{"id": "ab12"}')
+    assert bad_id.passed is False and "does not match" in bad_id.reason
+    assert evaluate("is_json", {"schema": schema}, output='{"x-note": 3}').passed is False
+    assert evaluate("is_json", {"schema": schema}, output='{"other": 3}').passed is False

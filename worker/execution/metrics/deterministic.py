@@ -5,28 +5,35 @@ to numeric judge scores only. A metric that is misconfigured (missing parameter,
 invalid JSON schema) gives an ``error`` outcome rather than a failure, so a typo in a metric is not reported as a
 bad answer.
 
-Regex: Python's ``re`` has no timeout and holds the GIL while it matches, so a pathological pattern such as
-``(a+)+$`` cannot be interrupted. The bound is on the input instead: only the first ``SCAN_LIMIT`` characters of
-the answer are searched, which keeps exponential patterns on long answers from stalling a worker for long.
-Patterns can use atomic groups ``(?>...)`` and possessive quantifiers ``a++`` (Python 3.11) to avoid backtracking.
+Regex: patterns are matched with the ``regex`` package under a deadline (``timed_regex``), so a pathological
+pattern such as ``(a|aa)+$`` gives an ``error`` outcome after ``REGEX_TIMEOUT_S`` instead of freezing the worker.
+Only the first ``SCAN_LIMIT`` characters of the answer are searched, which bounds the cost of ordinary patterns.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jsonschema
 import referencing.exceptions
+import regex
 
 from worker.execution.metrics.outcome import error, not_scored, number, quote, scored
+from worker.execution.metrics.timed_regex import (
+    FLAGS,
+    TIMEOUT_REASON,
+    Deadline,
+    PatternError,
+    RegexTimeout,
+    TimedDraft202012Validator,
+    schema_deadline,
+)
 from worker.execution.spec import EvaluationCase, MetricOutcome, MetricSpec
 
 #: Characters of the answer a regex searches; the rest is not looked at (see the module docstring).
 SCAN_LIMIT = 100_000
-_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "a": re.ASCII}
 
 
 class ParameterError(ValueError):
@@ -142,16 +149,20 @@ def _regex(metric: MetricSpec, case: EvaluationCase) -> MetricOutcome:
     if not isinstance(letters, str):
         raise ParameterError("parameter 'flags' must be letters such as \"im\"")
     for letter in letters.lower():
-        if letter not in _REGEX_FLAGS:
+        if letter not in FLAGS:
             raise ParameterError(f"unknown regex flag {letter!r} (use i, m, s, x, a)")
-        flags |= _REGEX_FLAGS[letter]
+        flags |= FLAGS[letter]
     try:
-        compiled = re.compile(pattern, flags)
-    except (re.error, OverflowError, RecursionError) as exc:
+        compiled = regex.compile(pattern, flags)
+    except (regex.error, OverflowError, RecursionError) as exc:
         raise ParameterError(f"pattern {quote(pattern)} does not compile: {exc}") from None
     scanned = case.output[:SCAN_LIMIT]
     note = f" (first {SCAN_LIMIT} characters searched)" if len(case.output) > SCAN_LIMIT else ""
-    if compiled.search(scanned):
+    try:
+        found = Deadline().search(compiled, scanned)
+    except RegexTimeout:
+        return error(metric, TIMEOUT_REASON)
+    if found:
         return scored(metric, True, f"output matches /{pattern}/{note}")
     return scored(metric, False, f"output does not match /{pattern}/{note}")
 
@@ -166,10 +177,15 @@ def _is_json(metric: MetricSpec, case: EvaluationCase) -> MetricOutcome:
     if validator is None:
         return scored(metric, True, "output is valid JSON")
     try:
-        problem = jsonschema.exceptions.best_match(validator.iter_errors(document))
+        with schema_deadline(validator.schema, document):
+            problem = jsonschema.exceptions.best_match(validator.iter_errors(document))
     except (referencing.exceptions.Unresolvable, RecursionError) as exc:
         # $ref to anything outside the schema is not fetched (no network from a metric).
         return error(metric, f"is_json: the schema cannot be applied: {type(exc).__name__}")
+    except RegexTimeout:
+        return error(metric, f"is_json: {TIMEOUT_REASON}")
+    except PatternError as exc:
+        return error(metric, f"is_json: {exc}")
     if problem is None:
         return scored(metric, True, "output is valid JSON and matches the schema")
     where = "/" + "/".join(str(part) for part in problem.absolute_path)
@@ -190,7 +206,7 @@ def _schema_validator(schema: Any) -> jsonschema.protocols.Validator | None:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.exceptions.SchemaError as exc:
         raise ParameterError(f"invalid JSON schema: {exc.message}") from None
-    return jsonschema.Draft202012Validator(schema)
+    return TimedDraft202012Validator(schema)
 
 
 def _latency_max_ms(metric: MetricSpec, case: EvaluationCase) -> MetricOutcome:
