@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError
 
 log = logging.getLogger("worker.delivery")
 
-WAIT_SECONDS = 0.2
+WAIT_SECONDS = 0.05
 
 # KEYS[1] unacked hash, KEYS[2] unacked_index zset, KEYS[3..] queue keys in consumption order.
 # ARGV[1] fetch time from the worker's clock, as QoS.append and the recovery compare it with time.time();

@@ -412,6 +412,11 @@ def exchange(db: Session, run_id: uuid.UUID, owner: str, results: Sequence[Store
     """Store finished results and lease up to ``want`` more tests in one transaction: a lane pays one round trip
     per refill, and its leases stop counting against the cap as soon as their results are in. ``touch`` marks
     the run as alive for the sweeper (a lane does it every few seconds, not on every refill)."""
+    # A lane's bookkeeping commits without waiting for the WAL flush: the round trip is what a freed slot waits
+    # for. If PostgreSQL itself crashes, the last fraction of a second of such commits may be lost together
+    # (results and their items' states in one transaction, so never one without the other): those tests run
+    # again, which a lost lease costs anyway. Nothing else in the worker is committed this way.
+    db.execute(text("SET LOCAL synchronous_commit = off"))
     stored = store_results(db, run_id, owner, results, touch=False)
     if touch:
         touch_run(db, run_id)
