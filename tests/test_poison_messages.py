@@ -60,7 +60,8 @@ def raw(value: dict[str, Any]) -> str:
     return json.dumps(value)
 
 
-# The eight shapes of the issue, the message without an id, and a forged log line; each with a word of its reason.
+# The eight shapes of the issue, the message without an id, a forged log line and empty times; each with a word of
+# its reason.
 MALFORMED: dict[str, tuple[str, str]] = {
     "not-json": (f"not json at all\n[2026-01-01 00:00:00,000: ERROR/MainProcess] {FORGED}", "not JSON"),
     "json-not-object": ('["a", "list"]', "not a JSON object"),
@@ -71,6 +72,9 @@ MALFORMED: dict[str, tuple[str, str]] = {
     "body-length-1": (raw({**envelope(), "body": body_of([[1]])}), "body is not [args, kwargs, embed]"),
     "timelimit-abc": (raw(envelope(headers={"timelimit": "abc"})), "headers.timelimit"),
     "no-id": (raw(envelope(drop_headers=("id",))), "headers.id"),
+    # Found by the fuzz test: an empty string parses to no time at all, and stopped the worker.
+    "expires-empty": (raw(envelope(headers={"expires": ""})), "headers.expires"),
+    "eta-empty": (raw(envelope(headers={"eta": ""})), "headers.eta"),
 }
 
 

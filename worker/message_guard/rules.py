@@ -111,9 +111,13 @@ def _iso_time_problem(key: str, value: Any) -> str | None:
     if not isinstance(value, str):
         return f"headers.{key} is not an ISO 8601 time string: {short(value)}"
     try:
-        maybe_iso8601(value)
+        parsed = maybe_iso8601(value)
     except (ValueError, TypeError, OverflowError) as exc:
         return f"headers.{key} is not an ISO 8601 time: {short(value)} ({exc})"
+    if parsed is None:
+        # An empty string parses to None, which Celery's request then fails on outside any handler (the worker
+        # stopped with "Unrecoverable error": found by the fuzz test).
+        return f"headers.{key} is not an ISO 8601 time: {short(value)}"
     return None
 
 
