@@ -32,6 +32,7 @@ class Configuration:
     user_id: str
     configuration_id: str
     test_ids: tuple[str, ...]
+    endpoint_id: str = ""
 
 
 class ExecutionData:
@@ -56,12 +57,18 @@ class ExecutionData:
 
     def configuration(self, endpoint_url: str, tests: int, *, org: tuple[str, str] | None = None,
                       metrics: tuple[dict[str, Any], ...] = (), max_concurrency: int | None = None,
-                      expectations: list[dict[str, Any]] | None = None, **endpoint: Any) -> Configuration:
+                      expectations: list[dict[str, Any]] | None = None, endpoint_id: str | None = None,
+                      endpoint_max_concurrency: int | None = None, **endpoint: Any) -> Configuration:
+        """A test set of ``tests`` tests and a configuration; the endpoint is new, or ``endpoint_id`` (shared)."""
         organization_id, user_id = org or self.organization()
         with tenant_session(organization_id, engine=self.engine) as db:
-            endpoint_row = Endpoint(organization_id=organization_id, user_id=user_id, name="under test",
-                                    url=endpoint_url, method="POST", request_mapping=ECHO_MAPPING,
-                                    response_mapping={"output": "$.output"}, **endpoint)
+            if endpoint_id is None:
+                endpoint_row = Endpoint(organization_id=organization_id, user_id=user_id, name="under test",
+                                        url=endpoint_url, method="POST", request_mapping=ECHO_MAPPING,
+                                        response_mapping={"output": "$.output"},
+                                        max_concurrency=endpoint_max_concurrency, **endpoint)
+            else:
+                endpoint_row = db.get(Endpoint, uuid.UUID(endpoint_id))
             test_set = TestSet(organization_id=organization_id, user_id=user_id, name=f"{tests} tests")
             db.add_all([endpoint_row, test_set])
             db.flush()
@@ -80,7 +87,8 @@ class ExecutionData:
                 db.flush()
                 db.add(TestConfigurationMetric(organization_id=organization_id,
                                                test_configuration_id=configuration.id, metric_id=metric.id))
-            return Configuration(organization_id, user_id, str(configuration.id), tuple(str(t.id) for t in rows))
+            return Configuration(organization_id, user_id, str(configuration.id), tuple(str(t.id) for t in rows),
+                                 str(endpoint_row.id))
 
     def run(self, organization_id: str, run_id: str) -> TestRun | None:
         with tenant_session(organization_id, engine=self.engine) as db:
