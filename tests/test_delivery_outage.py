@@ -92,10 +92,9 @@ def test_worker_survives_a_redis_outage_and_loses_no_task(
         assert resumed < RESUME_BOUND, f"consuming resumed only {resumed:.1f}s after Redis returned"
         # The fetch takes a message and records it unacknowledged in one Redis script, persisted together in the
         # AOF: a reply lost with the server leaves the message in unacked for the recovery. (kombu's BRPOP lost
-        # such a fetch: 0 to 2 of 1,000.) Seen since: 0 in three runs, 1 in one CI run, cause not yet found
-        # (the threads pool loses 6 the same way): docs/reliability.md records it as an open finding, and this
-        # bound keeps the test failing on any worse regression.
-        assert counts["lost"] <= 1, counts
+        # such a fetch: 0 to 2 of 1,000.) Tasks wait for the result backend instead of failing before their body
+        # (result_backend_always_retry), and the threads pool's queue stays held (docs/reliability.md, Delivery).
+        assert counts["lost"] == 0, counts
         # A task running when Redis went away could not store its result nor be acknowledged: it may run again.
         assert counts["duplicated"] <= CONCURRENCY, counts
     finally:
