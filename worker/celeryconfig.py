@@ -74,6 +74,13 @@ def build_celery_config(settings: Settings, endpoints: dict[str, RedisEndpoint] 
         "redis_backend_health_check_interval": settings.redis_health_check_interval,
         "redis_max_connections": settings.redis_max_connections,
         "result_backend_transport_options": {**key_prefix, "visibility_timeout": settings.broker_visibility_timeout},
+        # Wait for the result backend instead of failing: with task_track_started, a task starting while the backend
+        # is away fails on its STARTED state before its body runs, and Celery then acknowledges it (or stores its
+        # FAILURE, which the delivery recovery takes for "already ran"): the task is lost (docs/reliability.md,
+        # "Delivery"). Retries are unbounded (a worker that lost the broker too is ended by the health watchdog) and
+        # at most 1 s apart, so that tasks resume within about a second of the backend's return.
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": 1000,
     }
     if broker.ssl_options is not None:
         config["broker_use_ssl"] = dict(broker.ssl_options)

@@ -8,6 +8,7 @@ from celery import Celery, bootsteps
 
 from worker.delivery.handback import HandBackOnShutdown
 from worker.delivery.recovery import DeliveryRecovery
+from worker.delivery.threadpool import track_thread_pool
 
 
 class WorkerDeliveryRecovery(bootsteps.StartStopStep):
@@ -24,6 +25,8 @@ class WorkerDeliveryRecovery(bootsteps.StartStopStep):
         worker.delivery_recovery = self.recovery
 
     def start(self, worker: Any) -> None:
+        # Before the consumer step starts consuming: every request the threads pool queues is then tracked.
+        track_thread_pool(getattr(worker, "pool", None))
         self.recovery.start()
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from celery.worker import state as worker_state
 
+from worker.delivery.threadpool import pending_thread_requests
+
 
 def _snapshot(read: Callable[[], Iterable[Any]], attempts: int = 20) -> list[Any]:
     """``list(read())``, retried when the collection changes size under us (the consumer's thread owns it)."""
@@ -28,11 +30,14 @@ def held_delivery_tags(consumer: Any | None) -> set[str]:
     """Tags of this process's unacknowledged messages.
 
     The consumer channel's QoS knows every message fetched on the current connection (including ETA tasks in the
-    timer); running and reserved requests add those fetched on an earlier connection that are still running.
+    timer); running and reserved requests add those fetched on an earlier connection that are still running, and
+    the threads pool's queue those Celery dropped from its reserved requests at a reconnect that will still run
+    here (``threadpool``).
     """
     tags: set[str] = set()
     for requests in (worker_state.active_requests, worker_state.reserved_requests):
         tags.update(tag for tag in map(_tag, _snapshot(lambda requests=requests: requests)) if tag)
+    tags.update(tag for tag in map(_tag, pending_thread_requests(getattr(consumer, "pool", None))) if tag)
     task_consumer = getattr(consumer, "task_consumer", None)
     qos = getattr(getattr(task_consumer, "channel", None), "qos", None)
     delivered = getattr(qos, "_delivered", None)

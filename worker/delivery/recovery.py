@@ -119,8 +119,12 @@ class DeliveryRecovery:
         return restored
 
     def _already_done(self, task_id: str) -> bool:
+        backend = self.app.backend
+        # One read, no retries: under result_backend_always_retry get_task_meta waits for an unreachable backend
+        # without end, and this thread must go on publishing the holdings.
+        read = getattr(backend, "_get_task_meta_for", backend.get_task_meta)
         try:
-            return self.app.backend.get_task_meta(task_id).get("status") in states.READY_STATES
+            return read(task_id).get("status") in states.READY_STATES
         except Exception:  # an unreachable backend must not lose the message: restore it
             return False
 
