@@ -40,12 +40,13 @@ class KiBOrAuto(Integer):
 TENANT_SIGNING_KEY_MIN_LENGTH = 32  # worker/tenant/signing.py MIN_KEY_LENGTH; config must not import the worker
 
 
-class SigningKeys(Parser):
-    """Comma-separated HMAC keys, the first one signing; empty means signing is off. Reasons never quote a key."""
+class KeyList(Parser):
+    """Comma-separated keys, the first one in use, all accepted; empty means none. Reasons never quote a key."""
 
     type_hint = "tuple[str, ...]"
-    allowed = (f"comma-separated keys of at least {TENANT_SIGNING_KEY_MIN_LENGTH} characters without whitespace "
-               "or commas, all different (the first signs, all verify), or empty")
+
+    def check_key(self, number: int, key: str) -> None:
+        """Raise ValueError naming key ``number`` (never quoting it) when it is not acceptable."""
 
     def parse(self, raw: str) -> tuple[str, ...]:
         if not raw.strip():
@@ -54,42 +55,42 @@ class SigningKeys(Parser):
         for number, key in enumerate(keys, start=1):
             if not key:
                 raise ValueError(f"key {number} is empty")
-            if any(char.isspace() for char in key):
-                raise ValueError(f"key {number} contains whitespace")
-            if len(key) < TENANT_SIGNING_KEY_MIN_LENGTH:
-                raise ValueError(f"key {number} is shorter than {TENANT_SIGNING_KEY_MIN_LENGTH} characters")
+            self.check_key(number, key)
         if len(set(keys)) != len(keys):
             raise ValueError("names the same key twice")
         return keys
 
 
-class FernetKeys(Parser):
-    """Comma-separated Fernet keys, the first one encrypting; empty means none. Reasons never quote a key."""
+class SigningKeys(KeyList):
+    """HMAC keys: the first signs, all verify."""
 
-    type_hint = "tuple[str, ...]"
+    allowed = (f"comma-separated keys of at least {TENANT_SIGNING_KEY_MIN_LENGTH} characters without whitespace "
+               "or commas, all different (the first signs, all verify), or empty")
+
+    def check_key(self, number: int, key: str) -> None:
+        if any(char.isspace() for char in key):
+            raise ValueError(f"key {number} contains whitespace")
+        if len(key) < TENANT_SIGNING_KEY_MIN_LENGTH:
+            raise ValueError(f"key {number} is shorter than {TENANT_SIGNING_KEY_MIN_LENGTH} characters")
+
+
+class FernetKeys(KeyList):
+    """Fernet keys: the first encrypts, all decrypt."""
+
     allowed = ("comma-separated Fernet keys (44 characters of url-safe base64, 32 bytes; "
                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`), "
                "the first encrypts, all decrypt; or empty")
 
-    def parse(self, raw: str) -> tuple[str, ...]:
+    def check_key(self, number: int, key: str) -> None:
         from cryptography.fernet import Fernet  # only where the option is parsed
 
-        if not raw.strip():
-            return ()
-        keys = tuple(key.strip() for key in raw.split(","))
-        for number, key in enumerate(keys, start=1):
-            if not key:
-                raise ValueError(f"key {number} is empty")
-            # base64 decoding skips characters outside its alphabet; a stray space or letter must not pass.
-            if not _FERNET_KEY.fullmatch(key):
-                raise ValueError(f"key {number} is not a Fernet key")
-            try:
-                Fernet(key)
-            except (ValueError, TypeError):
-                raise ValueError(f"key {number} is not a Fernet key") from None
-        if len(set(keys)) != len(keys):
-            raise ValueError("names the same key twice")
-        return keys
+        # base64 decoding skips characters outside its alphabet; a stray space or letter must not pass.
+        if not _FERNET_KEY.fullmatch(key):
+            raise ValueError(f"key {number} is not a Fernet key")
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ValueError(f"key {number} is not a Fernet key") from None
 
 
 OPTIONS: tuple[Option, ...] = (
