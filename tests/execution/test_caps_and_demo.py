@@ -16,6 +16,7 @@ from tests.conftest import ROOT, WorkerProcess, start_worker_process
 from tests.execution.test_runs import EXECUTION_ENV, execute, wait_for_run
 from tests.support.endpoint_server import EndpointServer
 from tests.support.execution_data import ExecutionData
+from worker.tasks.execution import LANE_TASK
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,6 +46,26 @@ def test_the_run_cap_bounds_calls_in_flight_across_lanes_and_workers(client_app,
         run = wait_for_run(data, configuration.organization_id, run_id)
     assert run.status == "completed" and server.total_calls() == 60
     assert 3 <= server.in_flight_max <= 5, server.in_flight_max
+
+
+def test_extra_lane_messages_never_raise_calls_above_the_cap(client_app, two_workers, data) -> None:
+    """A lane message delivered twice, or sent by a sweeper while the run's lanes are alive, finds every lane held
+    and does nothing: the cap is the sum of the lanes' shares, and each lane has one holder."""
+    with EndpointServer() as server:
+        server.configure(latency=0.2)
+        configuration = data.configuration(server.url + "/chat", 60, max_concurrency=5)
+        run_id = execute(client_app, configuration)
+        deadline = time.monotonic() + 30
+        while server.total_calls() < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        headers = {"organization_id": configuration.organization_id, "user_id": configuration.user_id}
+        extras = [client_app.send_task(LANE_TASK, args=[run_id], kwargs=kwargs, headers=headers)
+                  for kwargs in ({}, {}, {"lane": 0}, {"lane": 1, "token": "reserved:forged"}, {"lane": 2})]
+        reports = [extra.get(timeout=60) for extra in extras]
+        run = wait_for_run(data, configuration.organization_id, run_id)
+    assert run.status == "completed" and server.total_calls() == 60
+    assert server.in_flight_max <= 5, server.in_flight_max
+    assert all(report["skipped"] and report["claimed"] == 0 for report in reports), reports
 
 
 def test_the_endpoint_cap_bounds_calls_across_runs(client_app, two_workers, data) -> None:

@@ -326,6 +326,25 @@ class TestRunItem(TenantMixin, Base):
                                                  onupdate=func.now())
 
 
+class TestRunLane(TenantMixin, Base):
+    """One lane of a run: a fixed share of the run's concurrency cap, leased by the lane task running it
+    (revision 0006, docs/execution.md)."""
+
+    __tablename__ = "test_run_lane"
+    __table_args__ = (
+        PrimaryKeyConstraint("test_run_id", "lane"),
+        _tenant_fk("test_run_lane", "test_run", "test_run_id", ondelete="CASCADE"),
+        CheckConstraint("lane >= 0", name="lane"),
+    )
+
+    test_run_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
+    lane: Mapped[int] = mapped_column(Integer, nullable=False)
+    owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now(),
+                                                 onupdate=func.now())
+
+
 class Metric(TenantMixin, Base):
     """How an answer is judged: a deterministic check (``parameters``) or an LLM judge (prompt, steps, scale)."""
 

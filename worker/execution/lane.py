@@ -1,10 +1,12 @@
-"""A lane: one short task's share of a run, keeping up to ``lane_cap`` tests in flight on the process loop.
+"""A lane: one short task's share of a run, keeping up to its share of the run's cap in flight on the process loop.
 
-It claims tests in batches (leases in ``test_run_item``), calls the endpoint and the metrics for each, and stores
-each result with the lease it holds. It stops claiming after ``lane_seconds`` (so other runs' tasks interleave on
-the queue), checks for cancellation twice a second (in-flight calls are cancelled at once), renews its leases
-while calls are slow, and reports whether work is left for a successor. Database calls run one at a time on a
-thread of the lane's own, so the loop keeps serving the calls in flight meanwhile.
+A run's cap is split into lanes (``store.lane_share``); a lane task leases one lane (``test_run_lane``) and keeps at
+most that lane's share of calls in flight. It leases tests (``test_run_item``) a little ahead of its calls, calls
+the endpoint and the metrics for each, and stores each result with the lease it holds. It stops claiming after
+``lane_seconds`` (so other runs' tasks interleave on the queue), checks for cancellation twice a second (in-flight
+calls are cancelled at once), renews its leases while calls are slow, and reserves its lane for a successor when
+work is left. Database calls run one at a time on a thread of the lane's own, so the loop keeps serving the calls
+in flight meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +51,8 @@ class LaneLimits:
     lane_cap: int
     lease_seconds: int
     lane_seconds: float
+    #: Lease tests beyond the calls in flight; off when the endpoint has a cap of its own (it counts leases).
+    lease_ahead: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,9 @@ class TestRow:
 
 @dataclass(slots=True)
 class LaneReport:
+    lane: int | None = None
+    #: Every lane of the run was held by other lane tasks (or reserved for them): this one did nothing.
+    skipped: bool = False
     claimed: int = 0
     stored: int = 0
     cancelled: bool = False
@@ -99,7 +107,8 @@ def _score(outcomes: Sequence[dict[str, Any]]) -> float | None:
 class Lane:
     def __init__(self, *, tenant: Tenant, run_id: uuid.UUID, endpoint: EndpointSpec, metrics: Sequence[MetricSpec],
                  client: EndpointClient, evaluator: Evaluator, limits: LaneLimits,
-                 handover: Callable[[], None] | None = None, report: LaneReport | None = None) -> None:
+                 handover: Callable[[list[tuple[int, str]], float], None] | None = None,
+                 report: LaneReport | None = None, lane: int | None = None, token: str | None = None) -> None:
         self.tenant = tenant
         self.run_id = run_id
         self.endpoint = endpoint
@@ -107,8 +116,12 @@ class Lane:
         self.client = client
         self.evaluator = evaluator
         self.limits = limits
-        #: Sends this lane's successor (a task at the back of the queue); called at most once.
+        #: Sends lane tasks for ``[(lane, reservation token)]`` after a countdown (at the back of the queue);
+        #: called at most once.
         self.handover = handover
+        #: The lane this task was sent for, and the token its sender reserved it with; None: any free lane.
+        self.lane, self.token = lane, token
+        self.lanes = store.lane_count(limits.run_cap, limits.lane_cap)
         self.owner = f"lane-{uuid.uuid4()}"
         self.report = report if report is not None else LaneReport()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execution-db")
@@ -201,21 +214,37 @@ class Lane:
             finally:
                 self._executor.shutdown(wait=False)
 
-    def _exchange(self, db: Session, results: list[store.StoredResult], want: int, touch: bool
+    def _ahead(self, share: int) -> int:
+        """Tests leased beyond the calls in flight, so that a call that ends starts the next test at once instead
+        of after a database round trip. Not when the endpoint has a cap of its own: that cap counts leases."""
+        return max(1, share // 2) if self.limits.lease_ahead else 0
+
+    def _start(self, db: Session) -> tuple[int | None, store.Exchange | None, list[TestRow]]:
+        """Take a lane and lease its first tests, in one transaction."""
+        limits = self.limits
+        lane = store.take_lane(db, self.run_id, self.owner, self.lanes, limits.lease_seconds, lane=self.lane,
+                               token=self.token)
+        if lane is None:
+            return None, None, []
+        share = store.lane_share(limits.run_cap, self.lanes, lane)
+        outcome, tests = self._exchange(db, [], share + self._ahead(share), True, False)
+        return lane, outcome, tests
+
+    def _exchange(self, db: Session, results: list[store.StoredResult], want: int, touch: bool, renew: bool
                   ) -> tuple[store.Exchange, list[TestRow]]:
-        outcome = store.exchange(db, self.run_id, self.owner, results, want, run_cap=self.limits.run_cap,
-                                 lease_seconds=self.limits.lease_seconds, touch=touch)
+        outcome = store.exchange(db, self.run_id, self.owner, results, want, run_cap=None,
+                                 lease_seconds=self.limits.lease_seconds, touch=touch, renew_leases=renew)
         return outcome, load_tests(db, outcome.claimed) if outcome.claimed else []
 
-    async def _round_trip(self, batch: list[store.StoredResult], want: int, touch: bool
-                          ) -> tuple[store.Exchange, list[TestRow]]:
-        """One exchange, retried with backoff on database errors (a failover, a reset connection, a deadlock
-        victim): the finished results of ``batch`` are never dropped and the calls in flight go on meanwhile.
-        Gives up (raises) after about ``lease_seconds`` of failures, when the leases are lost anyway."""
+    async def _retrying(self, function: Callable[..., T], *args: Any) -> T:
+        """One transaction on the lane's database thread, retried with backoff on database errors (a failover, a
+        reset connection, a deadlock victim): the finished results it carries are never dropped and the calls in
+        flight go on meanwhile. Gives up (raises) after about ``lease_seconds`` of failures, when the leases are
+        lost anyway. Every transaction a lane retries is idempotent for its owner."""
         delay, waited = 0.2, 0.0
         while True:
             try:
-                return await self._db(self._exchange, batch, want, touch)
+                return await self._db(function, *args)
             except Exception as exc:
                 if waited >= self.limits.lease_seconds:
                     raise
@@ -227,83 +256,103 @@ class Lane:
                 delay = min(delay * 2, 5.0)
 
     async def _run(self) -> LaneReport:
-        """Refill as calls finish: each round trip stores what finished and leases as many tests as there are
-        free slots, so the run's leases track its calls in flight closely and the cap is used, not wasted on
-        results waiting to be written."""
+        """Keep up to the lane's share of the run's cap in flight. Tests are leased a little ahead of the calls,
+        so a call that ends starts the next test at once; storing results and leasing more happen in the
+        background, one round trip at a time, while the calls go on."""
         limits = self.limits
         started = time.monotonic()
+        lane, first, tests = await self._retrying(self._start)
+        if lane is None or first is None:
+            self.report.skipped = True  # every lane of the run is held: their holders hand over themselves
+            return self.report
+        self.report.lane = lane
+        share = store.lane_share(limits.run_cap, self.lanes, lane)
+        target = share + self._ahead(share)
+        waiting: deque[TestRow] = deque(tests)
+        self.report.claimed += len(tests)
         in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID] = {}
         finished: list[store.StoredResult] = []
-        last_poll = last_renew = started
-        last_touch = started - TOUCH_SECONDS
-        next_claim = started
+        trip: asyncio.Task[tuple[store.Exchange, list[TestRow]]] | None = None
+        trip_batch: list[store.StoredResult] = []
+        trip_wanted = False
+        now = time.monotonic()
+        last_poll = last_renew = last_touch = now
+        exhausted = bool(first.claimed == [] and first.claimable == 0)
+        next_claim = now if tests or not first.claimable else now + IDLE_CLAIM_SECONDS
         idle_since: float | None = None
-        slice_over = False
+        slice_over = first.cancel_requested
+        self.report.cancelled = first.cancel_requested
         try:
-            while True:
+            while not self.report.cancelled:
                 now = time.monotonic()
                 claiming = now - started < limits.lane_seconds and not slice_over
-                want = limits.lane_cap - len(in_flight) if claiming and now >= next_claim else 0
-                if finished or want or now - last_poll >= CANCEL_POLL_SECONDS:
-                    batch, finished = finished, []
-                    touch = now - last_touch >= TOUCH_SECONDS
-                    try:
-                        outcome, tests = await self._round_trip(batch, want, touch)
-                    except BaseException:
-                        finished = batch + finished  # still ours to store (see _settle)
-                        raise
-                    last_touch = now if touch else last_touch
-                    last_poll = time.monotonic()
-                    self.report.stored += outcome.stored
-                    if outcome.cancel_requested:
-                        self.report.cancelled = True
-                        finished.extend(await self._cancel_in_flight(in_flight))
-                        break
-                    self.report.claimed += len(tests)
-                    for test in tests:
+                if claiming:
+                    while waiting and len(in_flight) < share:
+                        test = waiting.popleft()
                         in_flight[asyncio.create_task(self._execute(test))] = test.id
-                    if want and not tests:
-                        if not outcome.claimable and not in_flight:
-                            break  # nothing left that this lane could take
-                        next_claim = time.monotonic() + IDLE_CLAIM_SECONDS  # caps full: others' calls in flight
-                if claiming and not in_flight:
+                if not in_flight and trip is None and (not claiming or (exhausted and not waiting)):
+                    break  # what is finished is stored by the wrap-up, in its own transaction
+                if trip is None:
+                    want = target - len(in_flight) - len(waiting) if claiming and now >= next_claim else 0
+                    renew = now - last_renew >= limits.lease_seconds / 3
+                    touch = now - last_touch >= TOUCH_SECONDS
+                    if finished or want > 0 or renew or now - last_poll >= CANCEL_POLL_SECONDS:
+                        trip_batch, finished = finished, []
+                        trip_wanted = want > 0
+                        trip = asyncio.create_task(self._retrying(self._exchange, trip_batch, max(0, want), touch,
+                                                                  renew))
+                        last_renew = now if renew else last_renew
+                        last_touch = now if touch or renew else last_touch
+                if claiming and not in_flight and not waiting:
                     idle_since = idle_since or now
                     if now - idle_since >= IDLE_EXIT_SECONDS:
                         slice_over = True  # caps full for a while: give the pool slot back, a successor polls
                 else:
                     idle_since = None
-                if not claiming:
-                    slice_over = True
-                if not in_flight:
-                    if slice_over:
-                        break
-                    await asyncio.sleep(max(0.0, min(next_claim, last_poll + CANCEL_POLL_SECONDS)
-                                            - time.monotonic()))
+                pending: set[asyncio.Future[Any]] = {*in_flight, *([trip] if trip is not None else [])}
+                if not pending:
+                    await asyncio.sleep(max(0.0, min(next_claim, last_poll + CANCEL_POLL_SECONDS) - now))
                     continue
-                done, _ = await asyncio.wait(in_flight, timeout=CANCEL_POLL_SECONDS,
+                done, _ = await asyncio.wait(pending, timeout=CANCEL_POLL_SECONDS,
                                              return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    in_flight.pop(task)
-                    finished.append(task.result())
-                if in_flight and time.monotonic() - last_renew >= limits.lease_seconds / 3:
-                    try:
-                        await self._db(store.renew, self.run_id, self.owner, list(in_flight.values()),
-                                       limits.lease_seconds)
-                    except Exception:
-                        log.warning("run %s: renewing leases failed; trying again", self.run_id, exc_info=True)
-                        await self._db_reset()
-                    last_renew = time.monotonic()
+                    if task is trip:
+                        trip = None
+                        outcome, claimed = task.result()  # raises when the database stayed away too long
+                        trip_batch = []
+                        last_poll = time.monotonic()
+                        self.report.stored += outcome.stored
+                        if outcome.cancel_requested:
+                            self.report.cancelled = True
+                            continue
+                        self.report.claimed += len(claimed)
+                        waiting.extend(claimed)
+                        if claimed:
+                            exhausted = False
+                        elif trip_wanted:
+                            exhausted = outcome.claimable == 0
+                            next_claim = last_poll + IDLE_CLAIM_SECONDS  # caps full, or nothing left
+                    else:
+                        finished.append(task.result())
+                        in_flight.pop(task)
+            if self.report.cancelled:
+                finished.extend(await self._cancel_in_flight(in_flight))
+                finished.extend(store.StoredResult(test_id=test.id, status="cancelled",
+                                                   reason="the run was cancelled before this test ran")
+                                for test in waiting)
+                waiting.clear()
         except BaseException:
             # Interrupted (shutdown, time limit, a database that stays down): stop the calls and hand the
             # unfinished tests back.
-            ids = list(in_flight.values())
+            started_ids = list(in_flight.values())
             for task in in_flight:
                 task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
-            await asyncio.shield(self._settle(finished, ids))
+            if trip is not None:
+                trip.cancel()
+            await asyncio.gather(*in_flight, *([trip] if trip is not None else []), return_exceptions=True)
+            await asyncio.shield(self._settle([*trip_batch, *finished], started_ids))
             raise
-        await self._flush(finished)
-        await self._wrap_up()
+        await self._wrap_up(finished, lane)
         return self.report
 
     async def _cancel_in_flight(self, in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID]
@@ -321,36 +370,48 @@ class Lane:
         in_flight.clear()
         return results
 
-    async def _settle(self, finished: list[store.StoredResult], unfinished: list[uuid.UUID]) -> None:
+    async def _settle(self, finished: list[store.StoredResult], started: list[uuid.UUID]) -> None:
+        def settle(db: Session) -> None:
+            self.report.stored += store.store_results(db, self.run_id, self.owner, finished)
+            store.release(db, self.run_id, self.owner, started)
+            store.release_lane(db, self.run_id, self.owner)
+
         try:
-            await self._flush(finished)
-            await self._db(store.release, self.run_id, self.owner, unfinished)
+            await self._db(settle)
         except Exception:
-            log.warning("run %s: could not hand back %d tests; their leases expire instead", self.run_id,
-                        len(unfinished), exc_info=True)
+            log.warning("run %s: could not hand back its tests; their leases expire instead", self.run_id,
+                        exc_info=True)
 
-    async def _flush(self, finished: list[store.StoredResult]) -> None:
-        if finished:
-            batch = list(finished)
-            finished.clear()
-            self.report.stored += await self._db(store.store_results, self.run_id, self.owner, batch)
+    async def _wrap_up(self, finished: list[store.StoredResult], lane: int) -> None:
+        """Store what is left, give back the tests leased ahead, and either close the run, or reserve this lane
+        (and any other free one) for successors when tests are left to claim, or let the lane go."""
+        limits = self.limits
 
-    async def _wrap_up(self) -> None:
-        def wrap_up(db: Session) -> tuple[bool, str | None]:
+        def wrap_up(db: Session) -> tuple[list[tuple[int, str]], str | None]:
+            self.report.stored += store.store_results(db, self.run_id, self.owner, finished)
+            store.release(db, self.run_id, self.owner)
             if self.report.cancelled:
                 store.cancel_untouched(db, self.run_id, include_expired=True)
-            remaining = store.progress(db, self.run_id)
-            if remaining.remaining == 0:
-                return False, store.finalize(db, self.run_id)
-            if self.report.cancelled:
-                return False, None
-            return store.needs_lane(db, self.run_id, self.limits.run_cap), None
+            if store.progress(db, self.run_id).remaining == 0:
+                store.release_lane(db, self.run_id, self.owner)
+                return [], store.finalize(db, self.run_id)
+            state = store.run_state(db, self.run_id)
+            if (self.report.cancelled or state is None or state.status not in store.ACTIVE_RUN_STATUSES
+                    or state.cancel_requested or store.claimable(db, self.run_id) == 0):
+                # Tests still leased belong to live lanes, which hand over themselves; the sweeper covers them.
+                store.release_lane(db, self.run_id, self.owner)
+                return [], None
+            token = store.hand_over_lane(db, self.run_id, self.owner, limits.lease_seconds)
+            successors = [(lane, token)] if token else []
+            # Lanes let go earlier (nothing was claimable then) or whose holder died take part again.
+            return successors + store.reserve_lanes(db, self.run_id, self.lanes, self.lanes, limits.lease_seconds), None
 
-        more_work, self.report.final_status = await self._db(wrap_up)
-        if more_work and self.handover is not None:
-            # Outside the transaction: a broker error here must not undo stored results; the sweeper covers it.
+        successors, self.report.final_status = await self._retrying(wrap_up)
+        if successors and self.handover is not None:
+            # Outside the transaction: a broker error here must not undo stored results. A reservation whose
+            # message was not sent expires like a lease; the other lanes or the sweeper take the lane then.
             try:
-                self.handover()
+                self.handover(successors, 0.0 if self.report.claimed else 1.0)
                 self.report.more_work = True
             except Exception:
-                log.warning("run %s: could not send the next lane; the sweeper will", self.run_id, exc_info=True)
+                log.warning("run %s: could not send the next lanes; the sweeper will", self.run_id, exc_info=True)

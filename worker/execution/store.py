@@ -136,20 +136,6 @@ def claimable(db: Session, run_id: uuid.UUID) -> int:
     """), {"run_id": run_id}) or 0)
 
 
-def needs_lane(db: Session, run_id: uuid.UUID, run_cap: int, *, ignoring_owner: str | None = None) -> bool:
-    """A lane that stops hands over to a successor only when tests are claimable and the run's cap has room
-    (not counting the stopping lane's own leases, ``ignoring_owner``): tests leased by other live lanes are
-    theirs, and those lanes send their own successors."""
-    state = run_state(db, run_id)
-    if state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested:
-        return False
-    if claimable(db, run_id) == 0 or _running(db, run_id, ignoring_owner) >= (state.max_concurrency or run_cap):
-        return False
-    # Runs of other configurations may hold every call the endpoint allows: the run waits, but a lane still
-    # polls (its successor is sent with a delay when it claimed nothing), so the run is not left to the sweeper.
-    return True
-
-
 def _running(db: Session, run_id: uuid.UUID, ignoring_owner: str | None = None) -> int:
     return int(db.scalar(text("""
         SELECT count(*) FROM public.test_run_item
@@ -177,14 +163,15 @@ def claim(db: Session, run_id: uuid.UUID, owner: str, want: int, *, run_cap: int
     return _claim(db, run_state(db, run_id, lock=True), owner, want, run_cap=run_cap, lease_seconds=lease_seconds)
 
 
-def _claim(db: Session, state: RunState | None, owner: str, want: int, *, run_cap: int,
+def _claim(db: Session, state: RunState | None, owner: str, want: int, *, run_cap: int | None,
            lease_seconds: int) -> list[uuid.UUID]:
-    """:func:`claim` for a run row this transaction already locked."""
+    """:func:`claim` for a run row this transaction already locked. ``run_cap`` None: the caller is a lane, whose
+    share bounds its calls in flight; it may lease ahead of its calls."""
     if state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested or want <= 0:
         return []
     run_id = state.id
-    cap = state.max_concurrency or run_cap
-    want = min(want, cap - _running(db, run_id))
+    if run_cap is not None:
+        want = min(want, (state.max_concurrency or run_cap) - _running(db, run_id))
     if state.endpoint_max_concurrency is not None and want > 0:
         # Runs of different configurations share the endpoint: one claimer at a time counts its calls.
         db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('execution.endpoint:' || :e, 0))"),
@@ -230,17 +217,116 @@ def _give_up_on_poisonous(db: Session, run_id: uuid.UUID) -> None:
                                                       reason=reason) for i in ids])
 
 
-def renew(db: Session, run_id: uuid.UUID, owner: str, test_ids: Iterable[uuid.UUID], lease_seconds: int) -> None:
-    """Extend the leases ``owner`` still holds (a slow call must not be handed to a second worker)."""
-    ids = list(test_ids)
-    if not ids:
-        return
+# -- lanes ---------------------------------------------------------------------------------------------------------
+# A run's cap is split into lanes (``lane_shares``); a lane task leases one lane row for its life and keeps at most
+# that lane's share of calls in flight, so the cap bounds calls, not leases, and a lane may lease tests ahead.
+
+def lane_count(run_cap: int, lane_cap: int) -> int:
+    return max(1, -(-run_cap // lane_cap))
+
+
+def lane_share(run_cap: int, lanes: int, lane: int) -> int:
+    """Lane ``lane``'s part of ``run_cap`` split over ``lanes`` lanes as evenly as possible (sums to the cap)."""
+    return run_cap // lanes + (1 if lane < run_cap % lanes else 0)
+
+
+_FREE_LANE = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now())"
+
+
+def _ensure_lanes(db: Session, run_id: uuid.UUID, lanes: int) -> None:
+    db.execute(text("""
+        INSERT INTO public.test_run_lane (organization_id, test_run_id, lane)
+        SELECT r.organization_id, r.id, g FROM public.test_run r, generate_series(0, :lanes - 1) AS g
+        WHERE r.id = :run_id
+        ON CONFLICT DO NOTHING
+    """), {"run_id": run_id, "lanes": lanes})
+
+
+def reserve_lanes(db: Session, run_id: uuid.UUID, lanes: int, count: int, lease_seconds: int,
+                  *, first: int | None = None) -> list[tuple[int, str]]:
+    """Reserve up to ``count`` free lanes (never leased, released, or whose lease expired) for lane tasks about to
+    be sent; returns ``(lane, token)`` pairs, ``first`` first when it is free. A reservation the task never takes
+    (its message was lost) expires like a lease."""
+    if count <= 0:
+        return []
+    _ensure_lanes(db, run_id, lanes)
+    rows = db.execute(text(f"""
+        UPDATE public.test_run_lane l
+        SET owner = 'reserved:' || gen_random_uuid(), lease_expires_at = now() + make_interval(secs => :lease),
+            updated_at = now()
+        FROM (
+            SELECT test_run_id, lane FROM public.test_run_lane
+            WHERE test_run_id = :run_id AND lane < :lanes AND {_FREE_LANE}
+            ORDER BY lane IS DISTINCT FROM :first, lane LIMIT :count FOR UPDATE SKIP LOCKED
+        ) AS picked
+        WHERE l.test_run_id = picked.test_run_id AND l.lane = picked.lane
+        RETURNING l.lane, l.owner
+    """), {"run_id": run_id, "lanes": lanes, "count": count, "lease": lease_seconds, "first": first}).all()
+    return sorted((int(lane), str(token)) for lane, token in rows)
+
+
+def take_lane(db: Session, run_id: uuid.UUID, owner: str, lanes: int, lease_seconds: int, *,
+              lane: int | None = None, token: str | None = None) -> int | None:
+    """Lease a lane to ``owner``: the one reserved for ``token`` if it still is (or is free), else any free lane;
+    None when every lane is held (by live lanes, or reserved for their successors)."""
+    _ensure_lanes(db, run_id, lanes)
+    params = {"run_id": run_id, "owner": owner, "lanes": lanes, "lease": lease_seconds}
+    mine = db.scalar(text("SELECT lane FROM public.test_run_lane WHERE test_run_id = :run_id AND owner = :owner"),
+                     params)
+    if mine is not None:
+        return int(mine)  # a retried transaction whose first commit went through
+    if lane is not None and 0 <= lane < lanes:
+        taken = db.scalar(text(f"""
+            UPDATE public.test_run_lane SET owner = :owner,
+                   lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
+            WHERE test_run_id = :run_id AND lane = :lane AND (owner = :token OR {_FREE_LANE})
+            RETURNING lane
+        """), {**params, "lane": lane, "token": token})
+        if taken is not None:
+            return int(taken)
+    taken = db.scalar(text(f"""
+        UPDATE public.test_run_lane l SET owner = :owner,
+               lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
+        FROM (
+            SELECT test_run_id, lane FROM public.test_run_lane
+            WHERE test_run_id = :run_id AND lane < :lanes AND {_FREE_LANE}
+            ORDER BY lane LIMIT 1 FOR UPDATE SKIP LOCKED
+        ) AS picked
+        WHERE l.test_run_id = picked.test_run_id AND l.lane = picked.lane
+        RETURNING l.lane
+    """), params)
+    return None if taken is None else int(taken)
+
+
+def release_lane(db: Session, run_id: uuid.UUID, owner: str) -> None:
+    db.execute(text("""
+        UPDATE public.test_run_lane SET owner = NULL, lease_expires_at = NULL, updated_at = now()
+        WHERE test_run_id = :run_id AND owner = :owner
+    """), {"run_id": run_id, "owner": owner})
+
+
+def hand_over_lane(db: Session, run_id: uuid.UUID, owner: str, lease_seconds: int) -> str | None:
+    """Turn ``owner``'s lease of its lane into a reservation for its successor; returns the successor's token."""
+    return db.scalar(text("""
+        UPDATE public.test_run_lane SET owner = 'reserved:' || gen_random_uuid(),
+               lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
+        WHERE test_run_id = :run_id AND owner = :owner
+        RETURNING owner
+    """), {"run_id": run_id, "owner": owner, "lease": lease_seconds})
+
+
+def renew(db: Session, run_id: uuid.UUID, owner: str, lease_seconds: int) -> None:
+    """Extend every lease ``owner`` still holds, its tests' and its lane's (a slow call must not be handed to a
+    second worker, nor its lane to a second lane task)."""
     db.execute(text("""
         UPDATE public.test_run_item SET lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
-        WHERE test_run_id = :run_id AND test_id = ANY(:ids) AND state = 'running' AND lease_owner = :owner
-    """).bindparams(bindparam("ids", type_=_UUIDS)),
-        {"run_id": run_id, "ids": ids, "owner": owner, "lease": lease_seconds})
-    db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
+        WHERE test_run_id = :run_id AND state = 'running' AND lease_owner = :owner
+    """), {"run_id": run_id, "owner": owner, "lease": lease_seconds})
+    db.execute(text("""
+        UPDATE public.test_run_lane SET lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
+        WHERE test_run_id = :run_id AND owner = :owner
+    """), {"run_id": run_id, "owner": owner, "lease": lease_seconds})
+    touch_run(db, run_id)
 
 
 _INSERT_RESULTS = text("""
@@ -289,15 +375,16 @@ def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Se
     return len(done)
 
 
-def release(db: Session, run_id: uuid.UUID, owner: str, test_ids: Iterable[uuid.UUID]) -> None:
-    """Give unfinished tests back to ``pending`` (a lane that stops early, say on shutdown)."""
-    ids = list(test_ids)
-    if ids:
-        db.execute(text("""
-            UPDATE public.test_run_item SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-                   updated_at = now()
-            WHERE test_run_id = :run_id AND test_id = ANY(:ids) AND state = 'running' AND lease_owner = :owner
-        """).bindparams(bindparam("ids", type_=_UUIDS)), {"run_id": run_id, "ids": ids, "owner": owner})
+def release(db: Session, run_id: uuid.UUID, owner: str, started: Iterable[uuid.UUID] = ()) -> None:
+    """Give every test ``owner`` still leases back to ``pending`` (a lane that stops with tests leased ahead, or
+    early, say on shutdown). A test whose call never ``started`` gets its claim back: leasing ahead must not count
+    towards giving up on a test (``MAX_CLAIMS``)."""
+    db.execute(text("""
+        UPDATE public.test_run_item SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+               claims = CASE WHEN test_id = ANY(:started) THEN claims ELSE greatest(claims - 1, 0) END,
+               updated_at = now()
+        WHERE test_run_id = :run_id AND state = 'running' AND lease_owner = :owner
+    """).bindparams(bindparam("started", type_=_UUIDS)), {"run_id": run_id, "owner": owner, "started": list(started)})
 
 
 def cancel_untouched(db: Session, run_id: uuid.UUID, *, include_expired: bool = True) -> int:
@@ -408,17 +495,20 @@ class Exchange:
 
 
 def exchange(db: Session, run_id: uuid.UUID, owner: str, results: Sequence[StoredResult], want: int, *,
-             run_cap: int, lease_seconds: int, touch: bool = False) -> Exchange:
+             run_cap: int | None, lease_seconds: int, touch: bool = False, renew_leases: bool = False) -> Exchange:
     """Store finished results and lease up to ``want`` more tests in one transaction: a lane pays one round trip
-    per refill, and its leases stop counting against the cap as soon as their results are in. ``touch`` marks
-    the run as alive for the sweeper (a lane does it every few seconds, not on every refill)."""
+    per refill. ``run_cap`` bounds the run's leases (None for a lane, whose share bounds its calls). ``touch``
+    marks the run as alive for the sweeper (a lane does it every few seconds, not on every refill);
+    ``renew_leases`` extends the owner's leases (every third of a lease)."""
     # A lane's bookkeeping commits without waiting for the WAL flush: the round trip is what a freed slot waits
     # for. If PostgreSQL itself crashes, the last fraction of a second of such commits may be lost together
     # (results and their items' states in one transaction, so never one without the other): those tests run
     # again, which a lost lease costs anyway. Nothing else in the worker is committed this way.
     db.execute(text("SET LOCAL synchronous_commit = off"))
     stored = store_results(db, run_id, owner, results, touch=False)
-    if touch:
+    if renew_leases:
+        renew(db, run_id, owner, lease_seconds)
+    elif touch:
         touch_run(db, run_id)
     state = run_state(db, run_id, lock=want > 0)
     cancelled = state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested

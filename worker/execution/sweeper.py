@@ -4,7 +4,7 @@ A run is stalled when a test's lease expired (its worker died) or nothing touche
 ``EXECUTION_STALL_SECONDS`` (its lane messages are gone). ``tenant_guard.execution_stalled_runs`` lists their ids
 across organizations (ids only: it is the one cross-tenant read, see docs/database.md); everything after that runs
 in the run's own tenant session: expired leases go back to pending, a cancelled or finished run is closed, and any
-other run gets a fresh lane. Run by ``python -m worker sweep``, by the periodic task
+other run gets fresh lane tasks for its free lanes. Run by ``python -m worker sweep``, by the periodic task
 ``rhesis.backend.tasks.execution.sweep`` (for celery beat) and, every ``EXECUTION_SWEEP_INTERVAL`` seconds, by
 one worker at a time inside the workers themselves (a Redis lock).
 """
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from worker.db.engine import get_engine
 from worker.db.session import tenant_session
 from worker.execution import store
+from worker.execution.settings import execution_settings
 from worker.tenant.context import Tenant
 
 log = logging.getLogger("worker.execution")
@@ -50,8 +51,9 @@ def stalled_runs(stall_seconds: int) -> list[tuple[uuid.UUID, uuid.UUID | None, 
     return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
-def _settle(db: Session, run_id: uuid.UUID) -> tuple[str, str | None]:
-    """('closed', status) or ('requeue', None) or ('busy', None) for one run, in its tenant's session."""
+def _settle(db: Session, run_id: uuid.UUID) -> tuple[str, str | None, list[tuple[int, str]]]:
+    """('closed', status, []) or ('requeue', None, reserved lanes) or ('busy', None, []) for one run, in its
+    tenant's session."""
     db.execute(text("""
         UPDATE public.test_run_item SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
                updated_at = now()
@@ -59,19 +61,23 @@ def _settle(db: Session, run_id: uuid.UUID) -> tuple[str, str | None]:
     """), {"run_id": run_id})
     state = store.run_state(db, run_id)
     if state is None or state.status not in store.ACTIVE_RUN_STATUSES:
-        return "busy", None
+        return "busy", None, []
     counted = store.progress(db, run_id)
     if counted.remaining + counted.done == 0 and not state.cancel_requested:
-        return "busy", None  # not seeded yet: its execute message (still queued) does that
+        return "busy", None, []  # not seeded yet: its execute message (still queued) does that
     if state.cancel_requested:
         store.cancel_untouched(db, run_id)
     status = store.finalize(db, run_id)
     if status is not None:
-        return "closed", status
+        return "closed", status, []
     if state.cancel_requested:
-        return "busy", None  # calls of a live lane still in flight; it closes the run
+        return "busy", None, []  # calls of a live lane still in flight; it closes the run
     db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
-    return "requeue", None
+    settings = execution_settings()
+    lanes = store.lane_count(state.max_concurrency or settings.run_cap, settings.lane_cap)
+    reserved = store.reserve_lanes(db, run_id, lanes, lanes, settings.lease_seconds)
+    # Every lane held: live lanes take the expired tests back themselves.
+    return ("requeue", None, reserved) if reserved else ("busy", None, [])
 
 
 def sweep(app: Any, stall_seconds: int) -> SweepReport:
@@ -80,12 +86,13 @@ def sweep(app: Any, stall_seconds: int) -> SweepReport:
         report.examined += 1
         try:
             with tenant_session(organization_id, user_id) as db:
-                outcome, status = _settle(db, run_id)
+                outcome, status, reserved = _settle(db, run_id)
             if outcome == "closed":
                 report.closed[str(run_id)] = str(status)
             elif outcome == "requeue":
-                app.send_task(LANE_TASK, args=[str(run_id)],
-                              headers=Tenant.of(organization_id, user_id).headers())
+                for lane, token in reserved:
+                    app.send_task(LANE_TASK, args=[str(run_id)], kwargs={"lane": lane, "token": token},
+                                  headers=Tenant.of(organization_id, user_id).headers())
                 report.requeued.append(str(run_id))
         except Exception:
             log.exception("sweeper: run %s could not be settled", run_id)

@@ -7,7 +7,6 @@ task that runs part of the run and hands over to a successor while work is left;
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from celery import shared_task
@@ -19,7 +18,7 @@ from worker.errors import TenantContextError
 from worker.execution import loop, store
 from worker.execution.cancel import cancel_test_run as cancel_run
 from worker.execution.clients import clients
-from worker.execution.lane import Lane, LaneLimits, LaneReport
+from worker.execution.lane import Lane, LaneLimits
 from worker.execution.load import load_endpoint, load_metrics
 from worker.execution.runs import parse_id, start_run
 from worker.execution.settings import ExecutionSettings, execution_settings
@@ -38,7 +37,15 @@ def _tenant() -> Any:
 
 def lanes_for(run_cap: int, lane_cap: int, total_tests: int) -> int:
     """Enough lanes to reach the run's cap, never more than there are tests."""
-    return max(0, min(math.ceil(run_cap / lane_cap), total_tests))
+    return max(0, min(store.lane_count(run_cap, lane_cap), total_tests))
+
+
+def send_lanes(test_run_id: str, successors: list[tuple[int, str]], headers: dict[str, str] | None = None,
+               countdown: float = 0) -> None:
+    """One lane task per reserved ``(lane, token)``."""
+    for lane, token in successors:
+        run_lane.apply_async((test_run_id,), {"lane": lane, "token": token}, headers=headers,
+                             countdown=countdown or None)
 
 
 @shared_task(bind=True, base=BaseTask, name="rhesis.backend.tasks.execute_test_configuration")
@@ -62,10 +69,13 @@ def execute_test_configuration(self: BaseTask, test_configuration_id: str,
                 status = "failed"
         if status in store.ACTIVE_RUN_STATUSES and run.total_tests == 0:
             status = store.finalize(db, run.id, allow_empty=True) or status
-    lanes = lanes_for(run_cap, settings.lane_cap, run.total_tests) if status in store.ACTIVE_RUN_STATUSES else 0
-    for _ in range(lanes):
-        run_lane.apply_async((str(run.id),))
-    return {"test_run_id": str(run.id), "status": status, "total_tests": run.total_tests, "lanes": lanes,
+        lanes = lanes_for(run_cap, settings.lane_cap, run.total_tests) if status in store.ACTIVE_RUN_STATUSES else 0
+        # Reserved in the transaction, sent after it: a lane that arrives first finds its reservation. A
+        # redelivered message reserves only lanes nobody holds.
+        reserved = store.reserve_lanes(db, run.id, store.lane_count(run_cap, settings.lane_cap), lanes,
+                                       settings.lease_seconds)
+    send_lanes(str(run.id), reserved)
+    return {"test_run_id": str(run.id), "status": status, "total_tests": run.total_tests, "lanes": len(reserved),
             "created": run.created}
 
 
@@ -75,7 +85,7 @@ async def _run_lane(lane_args: dict[str, Any], settings: ExecutionSettings) -> A
 
 
 @shared_task(bind=True, base=BaseTask, name=LANE_TASK)
-def run_lane(self: BaseTask, test_run_id: str) -> dict[str, Any]:
+def run_lane(self: BaseTask, test_run_id: str, lane: int | None = None, token: str | None = None) -> dict[str, Any]:
     tenant = _tenant()
     settings = execution_settings()
     run_id = parse_id(test_run_id, "test_run_id")
@@ -89,22 +99,22 @@ def run_lane(self: BaseTask, test_run_id: str) -> dict[str, Any]:
         endpoint = load_endpoint(db, state.endpoint_id, cipher())
         metrics = load_metrics(db, configuration)
     limits = LaneLimits(run_cap=state.max_concurrency or settings.run_cap, lane_cap=settings.lane_cap,
-                        lease_seconds=settings.lease_seconds, lane_seconds=settings.lane_seconds)
-    lane: dict[str, Any] = {"tenant": tenant, "run_id": run_id, "endpoint": endpoint, "metrics": metrics,
-                            "limits": limits}
+                        lease_seconds=settings.lease_seconds, lane_seconds=settings.lane_seconds,
+                        lease_ahead=state.endpoint_max_concurrency is None)
 
-    def hand_over() -> None:
-        # Called from the lane's database thread, outside this task's context: the tenant headers are explicit.
-        # A lane that got nothing (caps full) does not hand over at once: no busy loop of empty tasks.
-        run_lane.apply_async((test_run_id,), headers=tenant.headers(),
-                             countdown=0 if lane_report.claimed else 1)
+    def hand_over(successors: list[tuple[int, str]], countdown: float) -> None:
+        # Called on the process loop, outside this task's context: the tenant headers are explicit. A lane that
+        # got nothing (caps full) does not hand over at once: no busy loop of empty tasks.
+        send_lanes(test_run_id, successors, tenant.headers(), countdown)
 
-    lane_report = LaneReport()
-    lane["report"] = lane_report
-    lane["handover"] = hand_over
-    report = loop.run(_run_lane(lane, settings))
-    return {"test_run_id": test_run_id, "claimed": report.claimed, "stored": report.stored,
-            "cancelled": report.cancelled, "handed_over": report.more_work, "final_status": report.final_status}
+    lane_args: dict[str, Any] = {"tenant": tenant, "run_id": run_id, "endpoint": endpoint, "metrics": metrics,
+                                 "limits": limits, "handover": hand_over,
+                                 "lane": lane if isinstance(lane, int) else None,
+                                 "token": token if isinstance(token, str) else None}
+    report = loop.run(_run_lane(lane_args, settings))
+    return {"test_run_id": test_run_id, "lane": report.lane, "skipped": report.skipped, "claimed": report.claimed,
+            "stored": report.stored, "cancelled": report.cancelled, "handed_over": report.more_work,
+            "final_status": report.final_status}
 
 
 @shared_task(bind=True, base=BaseTask, name="rhesis.backend.tasks.execution.cancel_test_run")
