@@ -5,6 +5,7 @@ CPU (it shares the machine with the worker) disturbs the measurement as little a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -42,6 +43,7 @@ class _Protocol(asyncio.Protocol):
 
     def _answer(self) -> None:
         self.server.last_answer_at = time.monotonic()
+        self.server.events.append((self.server.last_answer_at, -1))
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_RESPONSE)
 
@@ -53,21 +55,47 @@ class BenchEndpoint:
         self.calls = 0
         self.first_call_at: float | None = None
         self.last_answer_at: float | None = None
+        #: (time, +1 for a request, -1 for an answer): the calls in flight over time.
+        self.events: list[tuple[float, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     def request(self) -> None:
+        now = time.monotonic()
         if self.first_call_at is None:
-            self.first_call_at = time.monotonic()
+            self.first_call_at = now
         self.calls += 1
+        self.events.append((now, 1))
 
     def reset(self) -> None:
+        self.events = []
         self.calls = 0
         self.first_call_at = None
         self.last_answer_at = None
 
     def total_calls(self) -> int:
         return self.calls
+
+    def in_flight_profile(self, cap: int) -> dict[str, float]:
+        """Where a run loses concurrency: seconds from the first call until 90 % of ``cap`` is in flight (ramp),
+        the time-weighted mean in flight from then until the last moment at 90 % (steady), and the seconds after
+        that until the last answer (tail)."""
+        events = sorted(self.events)
+        if not events:
+            return {}
+        level, timeline = 0, []
+        for at, delta in events:
+            level += delta
+            timeline.append((at, level))
+        high = [at for at, value in timeline if value >= 0.9 * cap]
+        if not high:
+            return {"ramp_s": float("nan"), "steady_mean_in_flight": float("nan"), "tail_s": float("nan")}
+        start, end = high[0], high[-1]
+        area = sum(value * (later - at) for (at, value), (later, _) in itertools.pairwise(timeline)
+                   if start <= at < end)
+        return {"ramp_s": round(start - events[0][0], 3),
+                "steady_mean_in_flight": round(area / (end - start), 1) if end > start else float("nan"),
+                "tail_s": round(events[-1][0] - end, 3)}
 
     def __enter__(self) -> BenchEndpoint:
         ready = threading.Event()

@@ -40,6 +40,17 @@ def _rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
 
 
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def _wait_final(data: ExecutionData, org: str, run_id: str, timeout: float = 900) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -51,10 +62,12 @@ def _wait_final(data: ExecutionData, org: str, run_id: str, timeout: float = 900
         time.sleep(0.01)
 
 
-def _execute(client: Any, data: ExecutionData, server: BenchEndpoint, tests: int) -> tuple[float, float, Any]:
+def _execute(client: Any, data: ExecutionData, server: BenchEndpoint, tests: int, worker_pid: int
+             ) -> tuple[float, float, Any]:
     """(seconds from enqueue to the run's end, seconds from enqueue to the first endpoint call, run)."""
     configuration = data.configuration(server.url + "/chat", tests, max_concurrency=CAP)
     server.reset()
+    cpu_before = _cpu_seconds(worker_pid)
     started = time.monotonic()
     result = client.send_task(EXECUTE, args=[configuration.configuration_id],
                               headers={"organization_id": configuration.organization_id,
@@ -65,7 +78,9 @@ def _execute(client: Any, data: ExecutionData, server: BenchEndpoint, tests: int
     calling = (server.last_answer_at or 0) - (server.first_call_at or 0)
     print(f"{tests} tests: {elapsed:.3f} s in all, first call after {server.first_call_at - started:.3f} s, "
           f"calls for {calling:.3f} s (mean in flight {tests * LATENCY / calling:.1f}), "
-          f"run closed {time.monotonic() - server.last_answer_at:.3f} s after the last answer", file=sys.stderr)
+          f"run closed {time.monotonic() - server.last_answer_at:.3f} s after the last answer; "
+          f"in flight: {server.in_flight_profile(CAP)}; worker CPU "
+          f"{(_cpu_seconds(worker_pid) - cpu_before) * 1000 / tests:.2f} ms per test", file=sys.stderr)
     return elapsed, (server.first_call_at or started) - started, run
 
 
@@ -101,12 +116,12 @@ def main() -> int:
             worker = start_worker_process(env, RUN_DIR, pool="prefork", concurrency=8, app="bench.worker_app",
                                           ping_app=client)
             try:
-                _execute(client, data, server, 50)  # warm-up: pool children, connections, the loop
-                wall, first_call, run = _execute(client, data, server, TESTS)
+                _execute(client, data, server, 50, worker.proc.pid)  # warm-up: pool children, connections, the loop
+                wall, first_call, run = _execute(client, data, server, TESTS, worker.proc.pid)
                 calls = server.total_calls()
                 baseline = _baseline(client, server, TESTS)
                 rss_before = _rss_mb(worker.proc.pid)
-                scale_wall, scale_first_call, scale_run = _execute(client, data, server, SCALE_TESTS)
+                scale_wall, scale_first_call, scale_run = _execute(client, data, server, SCALE_TESTS, worker.proc.pid)
                 rss_after = _rss_mb(worker.proc.pid)
             finally:
                 worker.stop()

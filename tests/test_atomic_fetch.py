@@ -7,6 +7,7 @@ of several queues and priorities are consumed is the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import select
@@ -184,6 +185,35 @@ def test_an_idle_consumer_wakes_for_a_message_on_any_of_its_queues(url: str, pre
                 assert at - sent < 0.9, f"{name}: taken {at - sent:.2f}s after it was sent"
                 got.clear()
     assert plain.hlen(f"{prefix}unacked") == 0
+
+
+def test_the_first_wait_after_a_delivery_watches_the_queue_that_delivered(url: str, prefix: str,
+                                                                          plain: redis.Redis) -> None:
+    """A task that sends follow-up tasks to its own queue (an execution lane's successors) should not wait out
+    a timeout on another queue: after a message from queue Q, the first BLMOVE is on Q."""
+    names = ("celery-f", "execution-f")
+    with connect(url, prefix) as connection, connect(url, prefix) as producer:
+        got: list[Any] = []
+        with Consumer(connection.channel(), [queue(name) for name in names], accept=["json"],
+                      callbacks=[lambda body, message: (got.append(body), message.ack())]):
+            for name in ("execution-f", "celery-f", "execution-f", "celery-f", "execution-f"):
+                with plain.monitor() as monitor:
+                    publish(producer, name, {"q": name})
+                    while not got:
+                        with contextlib.suppress(TimeoutError):
+                            connection.drain_events(timeout=0.5)
+                    assert got == [{"q": name}]
+                    got.clear()
+                    with contextlib.suppress(TimeoutError):
+                        connection.drain_events(timeout=0.2)  # the take finds nothing, then the wait starts
+                    published = False
+                    while True:  # the first wait issued after our message was pushed
+                        command = monitor.next_command()["command"]
+                        published = published or (command.upper().startswith("LPUSH") and
+                                                  command.split()[1] == f"{prefix}{name}")
+                        if published and command.upper().startswith("BLMOVE"):
+                            break
+                assert command.split()[1] == f"{prefix}{name}", (name, command)
 
 
 def test_a_take_reply_is_delivered_even_when_the_prefetch_limit_was_lowered_meanwhile(

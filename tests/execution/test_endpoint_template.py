@@ -6,11 +6,14 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.execution.endpoint import template_limits
 from worker.execution.endpoint.errors import CallError
 from worker.execution.endpoint.template import (
     MAX_RENDERED_CHARS,
+    compile_template,
     render_headers,
     render_query,
     render_request_body,
@@ -208,3 +211,10 @@ def test_memory_and_recursion_errors_are_request_template_errors(error: type[Bas
         render_text("{{ v }}", {"v": _Exhausting(error)})
     assert raised.value.error_type == "request_template"
     assert error.__name__ in raised.value.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="{\r"), max_size=60))
+def test_text_without_tags_renders_as_jinja_would(source: str) -> None:
+    # render_text skips Jinja for such text; the result must be what Jinja itself renders.
+    assert render_text(source, {}) == compile_template(source).render() == source

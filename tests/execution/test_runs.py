@@ -184,7 +184,9 @@ def test_sigkilled_worker_mid_run_another_worker_finishes_it(client_app, workers
     assert len(results) == 600 and len({r.test_id for r in results}) == 600
     called_twice = {key for key, n in server.calls.items() if n > 1}
     assert not called_twice & stored_at_kill, "a test whose result was stored was called again"
-    assert len(called_twice) <= 40, "more tests called twice than were in flight"
+    # Called but not stored when the worker died: in flight, or finished and not yet stored; a lane keeps those
+    # within its leases, its share of the cap plus half of it leased ahead (docs/execution.md).
+    assert len(called_twice) <= 40 + 40 // 2, "more tests called twice than a lane may hold unstored"
     assert max(server.calls.values()) <= 2
 
 

@@ -10,10 +10,12 @@ the two loses the message. Here the fetch alternates between two commands on the
   persists (AOF, replicas) its effects together. The reply either never leaves Redis with the message gone, or the
   message is in ``unacked`` where the recovery (``worker/delivery/recovery.py``) finds it if this worker never
   reads the reply.
-* **wait**, only after a take found nothing: ``BLMOVE k k LEFT LEFT`` on one queue key, rotating over the queues,
-  with a short timeout. Source and destination being the same key, it changes nothing; it only blocks until that
-  list has a message (or the timeout passes), then the next take runs. A message on a key not being watched waits
-  at most ``WAIT_SECONDS`` (plus Redis's timer granularity) before the next take sees it.
+* **wait**, only after a take found nothing: ``BLMOVE k k LEFT LEFT`` on one queue key (first the queue that
+  delivered the last message, then rotating over the queues), with a short timeout. Source and destination
+  being the same key, it changes nothing; it only blocks until that list has a message (or the timeout passes),
+  then the next take runs. A message on a key not being watched waits at most ``WAIT_SECONDS`` plus Redis's
+  timer granularity (Redis ends blocking timeouts on its ``hz`` clock: up to 100 ms at the default ``hz 10``)
+  before the next take sees it.
 
 Messages the script cannot parse or record (not a JSON object with a string ``delivery_tag`` and string
 ``delivery_info.exchange``/``routing_key``) are popped and returned unrecorded, as ``BRPOP`` would: kombu's
@@ -96,6 +98,7 @@ class AtomicFetchChannel(kombu_redis.Channel):
     _pending_queues: list[str] = []  # queue of each key of the take in flight, by index
     _recorded_tag: str | None = None  # set while delivering a message the take recorded
     _script_cached = False  # EVALSHA once Redis has the script; EVAL (which caches it) until then
+    _last_delivered: str | None = None  # the queue of the last message taken, watched by the next wait
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._next_fetch = TAKE
@@ -127,7 +130,12 @@ class AtomicFetchChannel(kombu_redis.Channel):
         prefix = self.global_keyprefix or ""
         connection = self.client.connection
         if self._next_fetch == WAIT:
-            key = prefix + queues[next(self._wait_turn) % len(queues)]
+            # The first wait after a delivery watches the queue that delivered: a task that sends follow-up tasks
+            # to its own queue (an execution lane's successors, a workflow's next step) is the likeliest next
+            # message, and a message on an unwatched key waits out the timeout (Redis ends blocking timeouts on
+            # its own clock, up to 1/hz late). Later waits rotate over every queue.
+            last, self._last_delivered = self._last_delivered, None
+            key = prefix + (last if last in queues else queues[next(self._wait_turn) % len(queues)])
             seconds = min(self.wait_seconds, self.brpop_timeout) if self.brpop_timeout else self.wait_seconds
             args: list[Any] = ["BLMOVE", key, key, "LEFT", "LEFT", seconds]
             self._pending_fetch = WAIT
@@ -177,6 +185,7 @@ class AtomicFetchChannel(kombu_redis.Channel):
             index, item, tag = reply
             queue = self._pending_queues[int(index)]
             self._queue_cycle.rotate(queue)
+            self._last_delivered = queue
             self._deliver_fetched(item, queue, bytes_to_str(tag) or None)
             return True
         finally:

@@ -12,6 +12,7 @@ in flight meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -282,14 +283,28 @@ class Lane:
         idle_since: float | None = None
         slice_over = first.cancel_requested
         self.report.cancelled = first.cancel_requested
+        # Finished calls and round trips report here: waiting on one event, not on every call in flight (with
+        # asyncio.wait, each wake-up would add and remove a callback on each of them).
+        completed: deque[asyncio.Task[Any]] = deque()
+        wake = asyncio.Event()
+
+        def on_done(task: asyncio.Task[Any]) -> None:
+            completed.append(task)
+            wake.set()
+
         try:
             while not self.report.cancelled:
                 now = time.monotonic()
                 claiming = now - started < limits.lane_seconds and not slice_over
                 if claiming:
-                    while waiting and len(in_flight) < share:
+                    # Calls whose results are not stored yet (in flight, finished, being stored) stay within the
+                    # lane's leases: a worker killed now costs at most that many second calls.
+                    while waiting and len(in_flight) < share and (
+                            len(in_flight) + len(finished) + len(trip_batch) < target):
                         test = waiting.popleft()
-                        in_flight[asyncio.create_task(self._execute(test))] = test.id
+                        call = asyncio.create_task(self._execute(test))
+                        call.add_done_callback(on_done)
+                        in_flight[call] = test.id
                 if not in_flight and trip is None and (not claiming or (exhausted and not waiting)):
                     break  # what is finished is stored by the wrap-up, in its own transaction
                 if trip is None:
@@ -301,6 +316,7 @@ class Lane:
                         trip_wanted = want > 0
                         trip = asyncio.create_task(self._retrying(self._exchange, trip_batch, max(0, want), touch,
                                                                   renew))
+                        trip.add_done_callback(on_done)
                         last_renew = now if renew else last_renew
                         last_touch = now if touch or renew else last_touch
                 if claiming and not in_flight and not waiting:
@@ -309,13 +325,16 @@ class Lane:
                         slice_over = True  # caps full for a while: give the pool slot back, a successor polls
                 else:
                     idle_since = None
-                pending: set[asyncio.Future[Any]] = {*in_flight, *([trip] if trip is not None else [])}
-                if not pending:
+                if not in_flight and trip is None:
                     await asyncio.sleep(max(0.0, min(next_claim, last_poll + CANCEL_POLL_SECONDS) - now))
                     continue
-                done, _ = await asyncio.wait(pending, timeout=CANCEL_POLL_SECONDS,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                if not completed:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(CANCEL_POLL_SECONDS):
+                            await wake.wait()
+                while completed:
+                    task = completed.popleft()
                     if task is trip:
                         trip = None
                         outcome, claimed = task.result()  # raises when the database stayed away too long
@@ -332,7 +351,7 @@ class Lane:
                         elif trip_wanted:
                             exhausted = outcome.claimable == 0
                             next_claim = last_poll + IDLE_CLAIM_SECONDS  # caps full, or nothing left
-                    else:
+                    elif task in in_flight:
                         finished.append(task.result())
                         in_flight.pop(task)
             if self.report.cancelled:

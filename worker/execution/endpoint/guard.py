@@ -14,6 +14,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
+from functools import lru_cache
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
@@ -59,7 +60,9 @@ def is_public(address: IPAddress) -> bool:
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 
+@lru_cache(maxsize=1024)
 def _parse_literal(host: str) -> IPAddress | None:
+    # Every call checks its URL; an endpoint's host is the same string each time, and parsing it is not free.
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:

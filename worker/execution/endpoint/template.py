@@ -150,6 +150,10 @@ def _describe(exc: Exception) -> str:
 def render_text(source: str, variables: Mapping[str, Any]) -> str:
     """Render one template; raises CallError('request_template') for syntax, undefined names, refused access
     and oversize output."""
+    if "{" not in source and "\r" not in source:
+        # Nothing for Jinja to do (no tag, no newline to normalise): the text is its own rendering. Most keys
+        # and many values of a request mapping are such text, and a render costs a Jinja context per call.
+        return source
     try:
         template = compile_template(source)
         parts: list[str] = []
