@@ -123,6 +123,9 @@ class Lane:
         #: The lane this task was sent for, and the token its sender reserved it with; None: any free lane.
         self.lane, self.token = lane, token
         self.lanes = store.lane_count(limits.run_cap, limits.lane_cap)
+        #: Fewer pending tests than this: the run's end is near, and tests leased ahead by one lane would wait
+        #: for its slots while another lane's are free. 0: not asked (no lease-ahead, or the end is known near).
+        self._near_end = 0
         self.owner = f"lane-{uuid.uuid4()}"
         self.report = report if report is not None else LaneReport()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execution-db")
@@ -234,7 +237,8 @@ class Lane:
     def _exchange(self, db: Session, results: list[store.StoredResult], want: int, touch: bool, renew: bool
                   ) -> tuple[store.Exchange, list[TestRow]]:
         outcome = store.exchange(db, self.run_id, self.owner, results, want, run_cap=None,
-                                 lease_seconds=self.limits.lease_seconds, touch=touch, renew_leases=renew)
+                                 lease_seconds=self.limits.lease_seconds, touch=touch, renew_leases=renew,
+                                 count_pending_up_to=self._near_end)
         return outcome, load_tests(db, outcome.claimed) if outcome.claimed else []
 
     async def _retrying(self, function: Callable[..., T], *args: Any) -> T:
@@ -269,6 +273,7 @@ class Lane:
         self.report.lane = lane
         share = store.lane_share(limits.run_cap, self.lanes, lane)
         target = share + self._ahead(share)
+        self._near_end = self.lanes * self._ahead(share)
         waiting: deque[TestRow] = deque(tests)
         self.report.claimed += len(tests)
         in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID] = {}
@@ -346,6 +351,8 @@ class Lane:
                             continue
                         self.report.claimed += len(claimed)
                         waiting.extend(claimed)
+                        if outcome.pending is not None and outcome.pending < self._near_end:
+                            target, self._near_end = share, 0  # near the end: lease only for free slots
                         if claimed:
                             exhausted = False
                         elif trip_wanted:

@@ -486,16 +486,19 @@ def fail_run(db: Session, run_id: uuid.UUID, error: str) -> None:
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """What one round trip of a lane gives back: how many results were stored, the tests newly leased, whether
-    the run is being cancelled, and (when nothing could be leased) how many tests are still claimable."""
+    the run is being cancelled, (when nothing could be leased) how many tests are still claimable, and (when
+    asked) how many tests are still pending, counted up to the number asked about."""
 
     stored: int
     claimed: list[uuid.UUID]
     cancel_requested: bool
     claimable: int
+    pending: int | None = None
 
 
 def exchange(db: Session, run_id: uuid.UUID, owner: str, results: Sequence[StoredResult], want: int, *,
-             run_cap: int | None, lease_seconds: int, touch: bool = False, renew_leases: bool = False) -> Exchange:
+             run_cap: int | None, lease_seconds: int, touch: bool = False, renew_leases: bool = False,
+             count_pending_up_to: int = 0) -> Exchange:
     """Store finished results and lease up to ``want`` more tests in one transaction: a lane pays one round trip
     per refill. ``run_cap`` bounds the run's leases (None for a lane, whose share bounds its calls). ``touch``
     marks the run as alive for the sweeper (a lane does it every few seconds, not on every refill);
@@ -514,4 +517,11 @@ def exchange(db: Session, run_id: uuid.UUID, owner: str, results: Sequence[Store
     cancelled = state is None or state.status not in ACTIVE_RUN_STATUSES or state.cancel_requested
     claimed = [] if cancelled else _claim(db, state, owner, want, run_cap=run_cap, lease_seconds=lease_seconds)
     left = claimable(db, run_id) if want and not claimed and not cancelled else 0
-    return Exchange(stored, claimed, cancelled, left)
+    pending = None
+    if claimed and count_pending_up_to > 0:
+        # Bounded: the lane only needs to know whether the end of the run is near, not how far it is.
+        pending = int(db.scalar(text("""
+            SELECT count(*) FROM (SELECT 1 FROM public.test_run_item WHERE test_run_id = :run_id
+                                  AND state = 'pending' LIMIT :up_to) AS p
+        """), {"run_id": run_id, "up_to": count_pending_up_to}) or 0)
+    return Exchange(stored, claimed, cancelled, left, pending)
