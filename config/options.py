@@ -254,6 +254,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("AZURE_OPENAI_API_VERSION", Pattern(r"[A-Za-z0-9.\-]+", "letters, digits and .-", optional=False),
            "2024-10-21",
            "Azure OpenAI API version.", scope="worker"),
+    Option("JUDGE_ALLOWED_MODELS",
+           WordList(lambda word: word == "*" or re.fullmatch(_MODEL_NAME, word) is not None,
+                    "comma-separated model or deployment names [A-Za-z0-9_.:/-], or *", optional=True), "",
+           "Models (Gemini) and deployments (Azure OpenAI) a metric may choose as its judge besides the configured "
+           "GEMINI_MODEL_NAME and AZURE_OPENAI_DEPLOYMENT_NAME; empty: only those; * : any. The operator's keys pay "
+           "for every judge call, so tenants do not pick models by default.", scope="worker"),
     Option("JUDGE_TIMEOUT_SECONDS", Integer(1, 600), "60",
            "Seconds one LLM-judge request may take.", scope="worker"),
     Option("FLOWER_BASIC_AUTH", Credentials(), "",

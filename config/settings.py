@@ -82,6 +82,7 @@ class Settings(SettingsBase):
     azure_openai_api_key: str
     azure_openai_deployment_name: str
     azure_openai_api_version: str
+    judge_allowed_models: tuple[str, ...]
     judge_timeout_seconds: int
     flower_basic_auth: str
     flower_unauthenticated: bool

@@ -170,13 +170,16 @@ class WordList(Parser):
 
     type_hint = "tuple[str, ...]"
 
-    def __init__(self, valid: Callable[[str], bool], allowed: str) -> None:
+    def __init__(self, valid: Callable[[str], bool], allowed: str, *, optional: bool = False) -> None:
         self.valid = valid
         self.allowed = allowed
+        self.optional = optional
 
     def parse(self, raw: str) -> tuple[str, ...]:
         words = tuple(w.strip() for w in raw.split(",") if w.strip())
         if not words:
+            if self.optional and not raw.strip():
+                return ()
             raise ValueError("is empty")
         for word in words:
             if not self.valid(word):

@@ -83,7 +83,7 @@ def test_every_config_value_reaches_the_configmap(render: Any) -> None:
         "executionMaxOutputChars": 512, "executionSweepInterval": 0, "executionStallSeconds": 300,
         "geminiModelName": "gemini-x", "geminiBaseUrl": "http://gemini.test", "azureOpenaiEndpoint":
         "https://azure.test", "azureOpenaiDeploymentName": "dep-1", "azureOpenaiApiVersion": "2025-01-01",
-        "judgeTimeoutSeconds": 26, "extra": {"SOME_NEW_OPTION": "on"},
+        "judgeTimeoutSeconds": 26, "judgeAllowedModels": "gemini-2.5-pro,gpt-x", "extra": {"SOME_NEW_OPTION": "on"},
     }
     data = render({"config": config}).get("ConfigMap", FULLNAME)["data"]
     assert data == {
@@ -103,6 +103,7 @@ def test_every_config_value_reaches_the_configmap(render: Any) -> None:
         "GEMINI_MODEL_NAME": "gemini-x", "GEMINI_BASE_URL": "http://gemini.test",
         "AZURE_OPENAI_ENDPOINT": "https://azure.test", "AZURE_OPENAI_DEPLOYMENT_NAME": "dep-1",
         "AZURE_OPENAI_API_VERSION": "2025-01-01", "JUDGE_TIMEOUT_SECONDS": "26",
+        "JUDGE_ALLOWED_MODELS": "gemini-2.5-pro,gpt-x",
     }
 
 

@@ -98,7 +98,7 @@ def test_gemini_request_and_reply(gemini: GeminiServer) -> None:
 def test_gemini_model_from_the_metric(gemini: GeminiServer) -> None:
     gemini.verdict = {"reason": "ok", "score": 8}
     metric = judge(judge_model="gemini-2.5-pro", score_type="numeric", min_score=0, max_score=10, threshold=7)
-    [outcome] = run(gemini_settings(gemini), metric)
+    [outcome] = run(gemini_settings(gemini, allowed_models=("gemini-2.5-pro",)), metric)
     assert (outcome.status, outcome.score, outcome.passed) == ("scored", 8.0, True)
     assert gemini.requests[0].path == "/v1beta/models/gemini-2.5-pro:generateContent"
     assert gemini.requests[0].body["generationConfig"]["responseSchema"]["properties"]["score"] == \
@@ -128,10 +128,27 @@ def test_azure_openai_request_and_reply(azure: AzureOpenAIServer) -> None:
 
 
 def test_azure_deployment_from_the_metric(azure: AzureOpenAIServer) -> None:
-    [outcome] = run(azure_settings(azure, azure_deployment=None), judge(judge_provider="azure_openai",
-                                                                       judge_model="other-deploy"))
+    [outcome] = run(azure_settings(azure, azure_deployment=None, allowed_models=("*",)),
+                    judge(judge_provider="azure_openai", judge_model="other-deploy"))
     assert outcome.status == "scored"
     assert azure.requests[0].path == "/openai/deployments/other-deploy/chat/completions"
+
+
+def test_a_metric_may_not_pick_a_judge_model_the_operator_did_not_allow(gemini: GeminiServer,
+                                                                        azure: AzureOpenAIServer) -> None:
+    """The operator's keys pay for judge calls: a tenant's metric naming another model is not scored, and no
+    request leaves the worker (JUDGE_ALLOWED_MODELS widens the choice)."""
+    [refused] = run(gemini_settings(gemini), judge(judge_model="gemini-ultra-expensive"))
+    assert refused.status == "not_scored" and "JUDGE_ALLOWED_MODELS" in (refused.reason or "")
+    [refused] = run(azure_settings(azure), judge(judge_provider="azure_openai", judge_model="gpt-big"))
+    assert refused.status == "not_scored"
+    assert gemini.requests == [] and azure.requests == []
+    gemini.verdict = {"reason": "ok", "score": 1}
+    [default_named] = run(gemini_settings(gemini), judge(judge_model="gemini-2.0-flash"))  # the configured one
+    [listed] = run(gemini_settings(gemini, allowed_models=("gemini-2.5-pro",)), judge(judge_model="gemini-2.5-pro"))
+    assert default_named.status == listed.status == "scored"
+    assert [r.path for r in gemini.requests] == ["/v1beta/models/gemini-2.0-flash:generateContent",
+                                                 "/v1beta/models/gemini-2.5-pro:generateContent"]
 
 
 # -- provider selection ----------------------------------------------------------------------------------------

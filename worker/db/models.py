@@ -335,10 +335,12 @@ class TestRunLane(TenantMixin, Base):
         PrimaryKeyConstraint("test_run_id", "lane"),
         _tenant_fk("test_run_lane", "test_run", "test_run_id", ondelete="CASCADE"),
         CheckConstraint("lane >= 0", name="lane"),
+        CheckConstraint("share >= 1", name="share"),
     )
 
     test_run_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
     lane: Mapped[int] = mapped_column(Integer, nullable=False)
+    share: Mapped[int] = mapped_column(Integer, nullable=False)
     owner: Mapped[str | None] = mapped_column(Text)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now(),

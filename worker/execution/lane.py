@@ -122,7 +122,8 @@ class Lane:
         self.handover = handover
         #: The lane this task was sent for, and the token its sender reserved it with; None: any free lane.
         self.lane, self.token = lane, token
-        self.lanes = store.lane_count(limits.run_cap, limits.lane_cap)
+        #: How this worker would split the cap; used only when the run has no lanes yet (the first split stands).
+        self.split = store.lane_split(limits.run_cap, limits.lane_cap)
         #: Fewer pending tests than this: the run's end is near, and tests leased ahead by one lane would wait
         #: for its slots while another lane's are free. 0: not asked (no lease-ahead, or the end is known near).
         self._near_end = 0
@@ -223,16 +224,16 @@ class Lane:
         of after a database round trip. Not when the endpoint has a cap of its own: that cap counts leases."""
         return max(1, share // 2) if self.limits.lease_ahead else 0
 
-    def _start(self, db: Session) -> tuple[int | None, store.Exchange | None, list[TestRow]]:
+    def _start(self, db: Session) -> tuple[tuple[int, int] | None, store.Exchange | None, list[TestRow]]:
         """Take a lane and lease its first tests, in one transaction."""
         limits = self.limits
-        lane = store.take_lane(db, self.run_id, self.owner, self.lanes, limits.lease_seconds, lane=self.lane,
-                               token=self.token)
-        if lane is None:
+        taken = store.take_lane(db, self.run_id, self.owner, self.split, limits.lease_seconds, lane=self.lane,
+                                token=self.token)
+        if taken is None:
             return None, None, []
-        share = store.lane_share(limits.run_cap, self.lanes, lane)
+        share = taken[1]
         outcome, tests = self._exchange(db, [], share + self._ahead(share), True, False)
-        return lane, outcome, tests
+        return taken, outcome, tests
 
     def _exchange(self, db: Session, results: list[store.StoredResult], want: int, touch: bool, renew: bool
                   ) -> tuple[store.Exchange, list[TestRow]]:
@@ -266,14 +267,14 @@ class Lane:
         background, one round trip at a time, while the calls go on."""
         limits = self.limits
         started = time.monotonic()
-        lane, first, tests = await self._retrying(self._start)
-        if lane is None or first is None:
+        taken, first, tests = await self._retrying(self._start)
+        if taken is None or first is None:
             self.report.skipped = True  # every lane of the run is held: their holders hand over themselves
             return self.report
+        lane, share = taken
         self.report.lane = lane
-        share = store.lane_share(limits.run_cap, self.lanes, lane)
         target = share + self._ahead(share)
-        self._near_end = self.lanes * self._ahead(share)
+        self._near_end = len(self.split) * self._ahead(share)
         waiting: deque[TestRow] = deque(tests)
         self.report.claimed += len(tests)
         in_flight: dict[asyncio.Task[store.StoredResult], uuid.UUID] = {}
@@ -430,7 +431,8 @@ class Lane:
             token = store.hand_over_lane(db, self.run_id, self.owner, limits.lease_seconds)
             successors = [(lane, token)] if token else []
             # Lanes let go earlier (nothing was claimable then) or whose holder died take part again.
-            return successors + store.reserve_lanes(db, self.run_id, self.lanes, self.lanes, limits.lease_seconds), None
+            others = store.reserve_lanes(db, self.run_id, self.split, None, limits.lease_seconds)
+            return successors + others, None
 
         successors, self.report.final_status = await self._retrying(wrap_up)
         if successors and self.handover is not None:

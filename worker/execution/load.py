@@ -132,4 +132,5 @@ def judge_settings(settings: Settings) -> JudgeSettings:
         azure_api_version=settings.azure_openai_api_version,
         timeout_seconds=float(settings.judge_timeout_seconds),
         retry=retry_policy(settings),
+        allowed_models=tuple(settings.judge_allowed_models),
     )

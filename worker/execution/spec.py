@@ -166,3 +166,5 @@ class JudgeSettings:
     azure_api_version: str = "2024-10-21"
     timeout_seconds: float = 60.0
     retry: RetryPolicy = RetryPolicy()
+    #: Models/deployments a metric may name besides the defaults above; "*" allows any (JUDGE_ALLOWED_MODELS).
+    allowed_models: tuple[str, ...] = ()

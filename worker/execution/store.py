@@ -230,72 +230,88 @@ def lane_share(run_cap: int, lanes: int, lane: int) -> int:
     return run_cap // lanes + (1 if lane < run_cap % lanes else 0)
 
 
+def lane_split(run_cap: int, lane_cap: int) -> list[int]:
+    """The shares of ``run_cap`` in lanes of at most ``lane_cap``."""
+    lanes = lane_count(run_cap, lane_cap)
+    return [lane_share(run_cap, lanes, lane) for lane in range(lanes)]
+
+
 _FREE_LANE = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now())"
 
 
-def _ensure_lanes(db: Session, run_id: uuid.UUID, lanes: int) -> None:
-    db.execute(text("""
-        INSERT INTO public.test_run_lane (organization_id, test_run_id, lane)
-        SELECT r.organization_id, r.id, g FROM public.test_run r, generate_series(0, :lanes - 1) AS g
-        WHERE r.id = :run_id
-        ON CONFLICT DO NOTHING
-    """), {"run_id": run_id, "lanes": lanes})
+def ensure_lanes(db: Session, run_id: uuid.UUID, shares: Sequence[int]) -> None:
+    """Make the run's lanes with ``shares`` unless it has lanes already: the first split stands (under the run
+    row's lock), so workers configured with different lane sizes never split one cap twice."""
+    exists = "SELECT 1 FROM public.test_run_lane WHERE test_run_id = :run_id LIMIT 1"
+    if db.scalar(text(exists), {"run_id": run_id}) is not None:
+        return
+    if db.scalar(text("SELECT 1 FROM public.test_run WHERE id = :run_id FOR NO KEY UPDATE"),
+                 {"run_id": run_id}) is None:
+        return  # not this tenant's run (or gone)
+    db.execute(text(f"""
+        INSERT INTO public.test_run_lane (organization_id, test_run_id, lane, share)
+        SELECT r.organization_id, r.id, s.lane - 1, s.share
+        FROM public.test_run r, unnest(CAST(:shares AS integer[])) WITH ORDINALITY AS s(share, lane)
+        WHERE r.id = :run_id AND NOT EXISTS ({exists})
+    """), {"run_id": run_id, "shares": list(shares)})
 
 
-def reserve_lanes(db: Session, run_id: uuid.UUID, lanes: int, count: int, lease_seconds: int,
+def reserve_lanes(db: Session, run_id: uuid.UUID, shares: Sequence[int], count: int | None, lease_seconds: int,
                   *, first: int | None = None) -> list[tuple[int, str]]:
     """Reserve up to ``count`` free lanes (never leased, released, or whose lease expired) for lane tasks about to
     be sent; returns ``(lane, token)`` pairs, ``first`` first when it is free. A reservation the task never takes
-    (its message was lost) expires like a lease."""
-    if count <= 0:
+    (its message was lost) expires like a lease. ``shares`` makes the lanes if the run has none yet; ``count``
+    None reserves every free lane."""
+    if count is not None and count <= 0:
         return []
-    _ensure_lanes(db, run_id, lanes)
+    ensure_lanes(db, run_id, shares)
     rows = db.execute(text(f"""
         UPDATE public.test_run_lane l
         SET owner = 'reserved:' || gen_random_uuid(), lease_expires_at = now() + make_interval(secs => :lease),
             updated_at = now()
         FROM (
             SELECT test_run_id, lane FROM public.test_run_lane
-            WHERE test_run_id = :run_id AND lane < :lanes AND {_FREE_LANE}
+            WHERE test_run_id = :run_id AND {_FREE_LANE}
             ORDER BY lane IS DISTINCT FROM :first, lane LIMIT :count FOR UPDATE SKIP LOCKED
         ) AS picked
         WHERE l.test_run_id = picked.test_run_id AND l.lane = picked.lane
         RETURNING l.lane, l.owner
-    """), {"run_id": run_id, "lanes": lanes, "count": count, "lease": lease_seconds, "first": first}).all()
+    """), {"run_id": run_id, "count": count, "lease": lease_seconds, "first": first}).all()
     return sorted((int(lane), str(token)) for lane, token in rows)
 
 
-def take_lane(db: Session, run_id: uuid.UUID, owner: str, lanes: int, lease_seconds: int, *,
-              lane: int | None = None, token: str | None = None) -> int | None:
+def take_lane(db: Session, run_id: uuid.UUID, owner: str, shares: Sequence[int], lease_seconds: int, *,
+              lane: int | None = None, token: str | None = None) -> tuple[int, int] | None:
     """Lease a lane to ``owner``: the one reserved for ``token`` if it still is (or is free), else any free lane;
-    None when every lane is held (by live lanes, or reserved for their successors)."""
-    _ensure_lanes(db, run_id, lanes)
-    params = {"run_id": run_id, "owner": owner, "lanes": lanes, "lease": lease_seconds}
-    mine = db.scalar(text("SELECT lane FROM public.test_run_lane WHERE test_run_id = :run_id AND owner = :owner"),
-                     params)
+    returns ``(lane, share)``, or None when every lane is held (by live lanes, or reserved for their successors).
+    ``shares`` makes the lanes if the run has none yet."""
+    ensure_lanes(db, run_id, shares)
+    params = {"run_id": run_id, "owner": owner, "lease": lease_seconds}
+    mine = db.execute(text("SELECT lane, share FROM public.test_run_lane WHERE test_run_id = :run_id "
+                           "AND owner = :owner"), params).first()
     if mine is not None:
-        return int(mine)  # a retried transaction whose first commit went through
-    if lane is not None and 0 <= lane < lanes:
-        taken = db.scalar(text(f"""
+        return int(mine[0]), int(mine[1])  # a retried transaction whose first commit went through
+    if lane is not None:
+        taken = db.execute(text(f"""
             UPDATE public.test_run_lane SET owner = :owner,
                    lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
             WHERE test_run_id = :run_id AND lane = :lane AND (owner = :token OR {_FREE_LANE})
-            RETURNING lane
-        """), {**params, "lane": lane, "token": token})
+            RETURNING lane, share
+        """), {**params, "lane": lane, "token": token}).first()
         if taken is not None:
-            return int(taken)
-    taken = db.scalar(text(f"""
+            return int(taken[0]), int(taken[1])
+    taken = db.execute(text(f"""
         UPDATE public.test_run_lane l SET owner = :owner,
                lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
         FROM (
             SELECT test_run_id, lane FROM public.test_run_lane
-            WHERE test_run_id = :run_id AND lane < :lanes AND {_FREE_LANE}
+            WHERE test_run_id = :run_id AND {_FREE_LANE}
             ORDER BY lane LIMIT 1 FOR UPDATE SKIP LOCKED
         ) AS picked
         WHERE l.test_run_id = picked.test_run_id AND l.lane = picked.lane
-        RETURNING l.lane
-    """), params)
-    return None if taken is None else int(taken)
+        RETURNING l.lane, l.share
+    """), params).first()
+    return None if taken is None else (int(taken[0]), int(taken[1]))
 
 
 def release_lane(db: Session, run_id: uuid.UUID, owner: str) -> None:

@@ -74,8 +74,8 @@ def _settle(db: Session, run_id: uuid.UUID) -> tuple[str, str | None, list[tuple
         return "busy", None, []  # calls of a live lane still in flight; it closes the run
     db.execute(text("UPDATE public.test_run SET updated_at = now() WHERE id = :run_id"), {"run_id": run_id})
     settings = execution_settings()
-    lanes = store.lane_count(state.max_concurrency or settings.run_cap, settings.lane_cap)
-    reserved = store.reserve_lanes(db, run_id, lanes, lanes, settings.lease_seconds)
+    split = store.lane_split(state.max_concurrency or settings.run_cap, settings.lane_cap)
+    reserved = store.reserve_lanes(db, run_id, split, None, settings.lease_seconds)
     # Every lane held: live lanes take the expired tests back themselves.
     return ("requeue", None, reserved) if reserved else ("busy", None, [])
 

@@ -72,7 +72,7 @@ def execute_test_configuration(self: BaseTask, test_configuration_id: str,
         lanes = lanes_for(run_cap, settings.lane_cap, run.total_tests) if status in store.ACTIVE_RUN_STATUSES else 0
         # Reserved in the transaction, sent after it: a lane that arrives first finds its reservation. A
         # redelivered message reserves only lanes nobody holds.
-        reserved = store.reserve_lanes(db, run.id, store.lane_count(run_cap, settings.lane_cap), lanes,
+        reserved = store.reserve_lanes(db, run.id, store.lane_split(run_cap, settings.lane_cap), lanes,
                                        settings.lease_seconds)
     send_lanes(str(run.id), reserved)
     return {"test_run_id": str(run.id), "status": status, "total_tests": run.total_tests, "lanes": len(reserved),

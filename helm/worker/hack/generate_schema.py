@@ -39,7 +39,7 @@ sys.path.insert(0, str(CHART.parent.parent))
 # The image's declared variables: bounds, choices and patterns of the values that set them come from there, so
 # the schema refuses what `python -m config check` would refuse at start-up.
 from config.options import BY_NAME, OPTIONS, TENANT_SIGNING_KEY_MIN_LENGTH, KiBOrAuto  # noqa: E402 - needs the repository root on sys.path
-from config.spec import Boolean, Choice, Integer, Option, Pattern, Url  # noqa: E402
+from config.spec import Boolean, Choice, Integer, Option, Pattern, Url, WordList  # noqa: E402
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -328,7 +328,7 @@ def value_type(option: Option) -> str:
         return "integer"
     if isinstance(option.parser, Boolean):
         return "boolean"
-    if isinstance(option.parser, (Choice, Pattern, Url)):
+    if isinstance(option.parser, (Choice, Pattern, Url, WordList)):
         return "string"
     raise SystemExit(f"{option.name}: no rule for {type(option.parser).__name__} values in `config:`; add one to "
                      f"value_type() or list the option in NOT_IN_CONFIG with the reason")
@@ -356,6 +356,8 @@ def config_property(option: Option) -> dict[str, Any]:
         schemes = "|".join(re.escape(scheme) for scheme in parser.schemes)
         url = f"({schemes})://.+"
         return string(description, pattern=f"^({url})?$" if parser.optional else f"^{url}$")
+    if isinstance(parser, WordList):
+        return string(description)  # each word is checked by the image (config/spec.py WordList)
     return string(description, pattern=option_pattern(option.name))
 
 

@@ -100,6 +100,9 @@ class Evaluator:
             return error(metric, f"unknown judge provider {quote(provider)} (use {', '.join(JUDGE_PROVIDERS)})")
         if not self._configured(provider, metric):
             return not_scored(metric, _NOT_CONFIGURED[provider])
+        if not self._model_allowed(provider, metric.judge_model):
+            return not_scored(metric, f"judge model {quote(metric.judge_model or '')} is not allowed on this worker "
+                                      "(JUDGE_ALLOWED_MODELS)")
         key = self._judges.gemini_api_key if provider == "gemini" else self._judges.azure_api_key
         if not _header_safe(key or ""):
             return error(metric, f"the {provider} API key holds characters an HTTP header cannot carry")
@@ -118,6 +121,13 @@ class Evaluator:
         return MetricOutcome(metric_id=metric.id, name=metric.name, status="scored", score=verdict.score,
                              passed=verdict.passed, reason=clip(verdict.reason), judge_model=reply.model,
                              token_usage=reply.usage)
+
+    def _model_allowed(self, provider: str, model: str | None) -> bool:
+        """A metric may name its judge's model, but the operator's keys pay for it: only the configured default
+        and JUDGE_ALLOWED_MODELS are allowed."""
+        default = self._judges.gemini_model if provider == "gemini" else self._judges.azure_deployment
+        allowed = self._judges.allowed_models
+        return not model or model == default or "*" in allowed or model in allowed
 
     def _default_provider(self) -> str | None:
         if self._judges.gemini_api_key:

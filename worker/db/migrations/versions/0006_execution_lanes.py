@@ -4,8 +4,9 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-30
 
-``test_run_lane`` holds one row per lane of a run (``lane`` 0 .. lanes-1, each a fixed share of the run's cap). A
-lane task leases its row for as long as it runs (``owner``, ``lease_expires_at``, renewed with its tests' leases)
+``test_run_lane`` holds one row per lane of a run (``lane`` 0 .. lanes-1, each with its ``share`` of the run's
+cap, fixed when the run's lanes are first made, so workers configured differently still split one cap). A lane
+task leases its row for as long as it runs (``owner``, ``lease_expires_at``, renewed with its tests' leases)
 and may keep at most its share of calls in flight, whatever number of tests it has leased ahead. A lane that hands
 over reserves its row for its successor (``owner`` set to the successor's token). A lane whose worker died is
 taken over once its lease expires, as its tests are. See docs/execution.md.
@@ -35,6 +36,7 @@ def upgrade() -> None:
         sa.Column("organization_id", sa.Uuid(), nullable=False),
         sa.Column("test_run_id", sa.Uuid(), nullable=False),
         sa.Column("lane", sa.Integer(), nullable=False),
+        sa.Column("share", sa.Integer(), nullable=False),
         sa.Column("owner", sa.Text(), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
@@ -44,6 +46,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["organization_id", "test_run_id"], ["test_run.organization_id", "test_run.id"],
                                 name="fk_test_run_lane_test_run_same_org", ondelete="CASCADE"),
         sa.CheckConstraint("lane >= 0", name="ck_test_run_lane_lane"),
+        sa.CheckConstraint("share >= 1", name="ck_test_run_lane_share"),
     )
     op.execute("ALTER TABLE test_run_lane ENABLE ROW LEVEL SECURITY")
     op.execute("ALTER TABLE test_run_lane FORCE ROW LEVEL SECURITY")
