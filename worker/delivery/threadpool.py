@@ -36,6 +36,13 @@ class PendingRequests:
         with self._lock:
             return list(self._pending.values())
 
+    def cancel_queued(self) -> list[Any]:
+        """Cancel every future no thread has started yet; their requests, oldest first."""
+        with self._lock:
+            pending = list(self._pending.items())
+        # Outside the lock: a cancelled future runs its done callback (_discard) at once.
+        return [request for future, request in pending if future.cancel()]
+
 
 def track_thread_pool(pool: Any) -> PendingRequests | None:
     """Start tracking the requests of Celery's threads ``pool`` (idempotent); None for any other pool."""
@@ -61,6 +68,13 @@ def track_thread_pool(pool: Any) -> PendingRequests | None:
     pool.on_apply = tracking_on_apply
     setattr(pool, _MARK, tracked)
     return tracked
+
+
+def cancel_queued_thread_requests(pool: Any) -> list[Any]:
+    """Take back the requests queued in ``pool``'s executor that no thread started (a tracked threads pool only):
+    they will never run here; the caller hands their messages back."""
+    tracked = getattr(pool, _MARK, None)
+    return tracked.cancel_queued() if isinstance(tracked, PendingRequests) else []
 
 
 def pending_thread_requests(pool: Any) -> list[Any]:
