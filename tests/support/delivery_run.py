@@ -38,6 +38,7 @@ class Run:
         self.workers: list[WorkerProcess] = []
         self.tasks = tasks
         self.sent: list[str] = []
+        self.done_at = 0.0
 
     def start_worker(self, concurrency: int = CONCURRENCY) -> WorkerProcess:
         worker = start_worker_process(self.env, self.run_dir, self.pool, concurrency, app=APP,
@@ -68,6 +69,7 @@ class Run:
         started = time.monotonic()
         while self.completed() < self.tasks and time.monotonic() - started < timeout:
             time.sleep(0.2)
+        self.done_at = time.monotonic()  # when the last task completed (to 0.2 s), or gave up
         # A little longer, so that a late duplicate would still be counted.
         time.sleep(2.0)
         return time.monotonic() - started
