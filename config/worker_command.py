@@ -40,7 +40,7 @@ def worker_argv(settings: Settings) -> list[str]:
         raise ConfigError(f"CELERY_WORKER_OPTS cannot be split like a shell line ({exc}); "
                           "allowed: options with balanced quotes") from None
     if extra:
-        check_worker_options(argv[4:] + extra)
+        check_worker_options(extra)
     return argv + extra
 
 
