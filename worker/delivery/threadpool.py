@@ -10,10 +10,12 @@ submitted to the executor until its future is done, so that the holdings keep li
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
 _MARK = "_delivery_pending_requests"
+_TRACKED: weakref.WeakSet[PendingRequests] = weakref.WeakSet()  # every tracked pool of this process
 
 
 class PendingRequests:
@@ -54,6 +56,7 @@ def track_thread_pool(pool: Any) -> PendingRequests | None:
     if tracked is not None:
         return tracked
     tracked = PendingRequests()
+    _TRACKED.add(tracked)
     on_apply = pool.on_apply
 
     def tracking_on_apply(*args: Any, **kwargs: Any) -> Any:
@@ -81,3 +84,8 @@ def pending_thread_requests(pool: Any) -> list[Any]:
     """The requests queued or running in ``pool`` if it is a tracked threads pool, else []."""
     tracked = getattr(pool, _MARK, None)
     return tracked.requests() if isinstance(tracked, PendingRequests) else []
+
+
+def pending_requests_of_every_pool() -> list[Any]:
+    """The requests queued or running in every tracked threads pool of this process."""
+    return [request for tracked in list(_TRACKED) for request in tracked.requests()]
