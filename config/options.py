@@ -10,7 +10,20 @@ from __future__ import annotations
 
 import re
 
-from config.spec import Boolean, Choice, Credentials, FilePath, Integer, Option, Parser, Pattern, Text, Url, WordList
+from config.spec import (
+    Boolean,
+    Choice,
+    Credentials,
+    DirectoryPath,
+    FilePath,
+    Integer,
+    Option,
+    Parser,
+    Pattern,
+    Text,
+    Url,
+    WordList,
+)
 
 REDIS_SCHEMES = ("redis", "rediss")
 DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres")
@@ -188,10 +201,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", Integer(0, 86400), "60",
            "Seconds running tasks get to finish after SIGTERM before they are stopped.",
            scope="app"),  # app, not worker: build_celery_config puts it in the app's worker_soft_shutdown_timeout
-    Option("CELERY_WORKER_OPTS", Text("extra `celery worker` options, split like a shell"), "",
+    Option("CELERY_WORKER_OPTS", Text("extra `celery worker` options, split like a shell, or empty"), "",
            "Extra options passed to `celery worker` as they are.", scope="worker"),
     # -- health ----------------------------------------------------------------------------------
-    Option("WORKER_HEALTH_DIR", Text("a writable directory"), "/tmp/worker-health",  # noqa: S108 - the one writable path of a read-only image
+    Option("WORKER_HEALTH_DIR", DirectoryPath(), "/tmp/worker-health",  # noqa: S108 - the one writable path of a read-only image
            "Where the worker keeps its heartbeat file and ready marker.", scope="health"),
     Option("WORKER_HEARTBEAT_INTERVAL", Integer(1, 3600), "2",
            "Seconds between heartbeat file updates while the consumer is alive.", scope="health"),

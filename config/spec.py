@@ -21,6 +21,22 @@ class ConfigError(ValueError):
     """A configuration value is unusable; the message is one line fit for an operator."""
 
 
+# Rules for every value, whatever its parser (checked by Option.parse before the parser runs): one line, and no
+# longer than any sane setting. A newline or other control character in a URL would be dropped silently by
+# urllib's urlsplit (the URL then validates) and reach redis-py, kombu and the log as it is.
+MAX_VALUE_CHARS = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Error messages quote at most this many characters of a value, so that the line stays readable.
+SHOWN_CHARS = 80
+
+
+def clip(text: str) -> str:
+    """``repr`` of ``text``, cut to SHOWN_CHARS characters with the full length said when longer."""
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
 class Parser:
     """Turns a raw string into a typed value; raises ValueError with a short reason."""
 
@@ -31,9 +47,13 @@ class Parser:
     def parse(self, raw: str) -> Any:
         return raw
 
+    def mask(self, raw: str) -> str:
+        """The raw value with anything secret in it hidden (nothing, unless the parser knows where it sits)."""
+        return raw
+
     def show(self, raw: str) -> str:
-        """How a raw value may appear in an error message."""
-        return repr(raw)
+        """How a raw value may appear in an error message: masked, then cut (so a cut never uncovers a secret)."""
+        return clip(self.mask(raw))
 
 
 class Text(Parser):
@@ -86,7 +106,7 @@ FALSE_WORDS = ("no", "false", "0", "off", "")
 class Boolean(Parser):
     """The one yes/no parser: the same words for every variable."""
 
-    allowed = "yes/true/1/on or no/false/0/off"
+    allowed = "yes/true/1/on or no/false/0/off (empty means no)"
     type_hint = "bool"
 
     def parse(self, raw: str) -> bool:
@@ -126,7 +146,8 @@ class Url(Parser):
     def __init__(self, schemes: Sequence[str], optional: bool = False) -> None:
         self.schemes = tuple(schemes)
         self.optional = optional
-        self.allowed = "a URL starting with " + " or ".join(f"{s}://" for s in self.schemes)
+        self.allowed = "a URL starting with " + " or ".join(f"{s}://" for s in self.schemes) + (
+            ", or empty" if optional else "")
         self.type_hint = "str | None" if optional else "str"
 
     def parse(self, raw: str) -> str | None:
@@ -144,8 +165,8 @@ class Url(Parser):
             raise ValueError("has no host")
         return value
 
-    def show(self, raw: str) -> str:
-        return repr(mask_url(raw))
+    def mask(self, raw: str) -> str:
+        return mask_url(raw)
 
 
 class FilePath(Parser):
@@ -162,6 +183,25 @@ class FilePath(Parser):
             raise ValueError("is not an existing file")
         if not os.access(path, os.R_OK):
             raise ValueError("is not readable")
+        return path
+
+
+class DirectoryPath(Parser):
+    """An absolute path of a directory the process creates if it is missing (it is not checked for writability here:
+    a read-only directory is reported by the component that writes to it)."""
+
+    allowed = "an absolute directory path (created when missing), each name at most 255 bytes"
+
+    def parse(self, raw: str) -> str:
+        path = raw.strip()
+        if not path:
+            raise ValueError("is empty")
+        if not path.startswith("/"):
+            raise ValueError("is not an absolute path")
+        if any(len(os.fsencode(name)) > 255 for name in path.split("/")):
+            raise ValueError("has a name longer than 255 bytes")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError("is not a directory")
         return path
 
 
@@ -194,7 +234,8 @@ class Credentials(Parser):
     Reasons never quote the value: it is a secret.
     """
 
-    allowed = "user:password[,user:password...] on one line, no whitespace in a user name, no comma in a password"
+    allowed = ("user:password[,user:password...] on one line, no whitespace in a user name, no comma in a password, "
+               "or empty")
 
     def parse(self, raw: str) -> str:
         value = raw.strip()
@@ -239,6 +280,10 @@ class Option:
 
     def parse(self, raw: str) -> Any:
         try:
+            if len(raw) > MAX_VALUE_CHARS:
+                raise ValueError(f"is longer than {MAX_VALUE_CHARS} characters")
+            if _CONTROL.search(raw.strip()):
+                raise ValueError("contains a newline or another control character")
             return self.parser.parse(raw)
         except ValueError as exc:
             shown = "(hidden)" if self.secret and not isinstance(self.parser, Url) else self.parser.show(raw)

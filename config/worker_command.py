@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 
 from config.settings import Settings
-from config.spec import ConfigError
+from config.spec import ConfigError, clip
 
 WORKER_OPTIONS = (
     "CELERY_WORKER_CONCURRENCY", "CELERY_WORKER_PREFETCH_MULTIPLIER", "CELERY_WORKER_MAX_TASKS_PER_CHILD",
@@ -35,8 +35,34 @@ def worker_argv(settings: Settings) -> list[str]:
         # enable_events broadcast (every few seconds) never show up in it. Costs throughput (see NOTES §3).
         argv.append("--task-events")
     try:
-        argv += shlex.split(settings.celery_worker_opts)
+        extra = shlex.split(settings.celery_worker_opts)
     except ValueError as exc:
         raise ConfigError(f"CELERY_WORKER_OPTS cannot be split like a shell line ({exc}); "
                           "allowed: options with balanced quotes") from None
-    return argv
+    if extra:
+        check_worker_options(extra)
+    return argv + extra
+
+
+def check_worker_options(args: list[str]) -> None:
+    """Parse ``celery worker`` options as celery's own command line will, so that a bad CELERY_WORKER_OPTS ends the
+    launcher with one line instead of celery's usage text (or its traceback, for a stray positional argument)."""
+    from types import SimpleNamespace
+
+    import click
+    from celery import Celery
+    from celery.bin.worker import worker
+
+    # The options' callbacks read defaults from ctx.obj.app.conf; a bare app has Celery's defaults.
+    context = SimpleNamespace(app=Celery("check-worker-options", set_as_current=False))
+    try:
+        parsed = worker.make_context("worker", list(args), obj=context)
+    except click.ClickException as exc:
+        problem = " ".join(exc.format_message().split()).rstrip(".")
+        raise ConfigError(f"CELERY_WORKER_OPTS is refused by celery worker: {problem}; "
+                          "allowed: options of `celery worker --help`") from None
+    # celery takes the rest as `name=value` settings and fails with a traceback on anything else.
+    stray = [arg for arg in parsed.args if "=" not in arg]
+    if stray:
+        raise ConfigError(f"CELERY_WORKER_OPTS has an argument that is not an option: {clip(stray[0])}; "
+                          "allowed: options of `celery worker --help`")

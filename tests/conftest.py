@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.secret_watch import (  # noqa: F401 - the hooks make the session fail on a leaked secret
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-    register_environment,
-    register_output_file,
-    register_url,
-)
 from worker.dev.provision import ProvisionedDatabase, drop_database, provision_database
 from worker.dev.services import postgres_admin_url, redis_base_url
+
+# A plugin of this conftest (pytest_plugins below) that the conftest also imports: rewrite it before the import.
+pytest.register_assert_rewrite("tests.support.secret_watch")
+from tests.support.secret_watch import register_environment, register_output_file, register_url  # noqa: E402
+
+# The leak check: its hooks watch every subprocess and make the session fail on a leaked secret.
+pytest_plugins = ("tests.support.secret_watch",)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / ".run" / "test"

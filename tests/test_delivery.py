@@ -8,87 +8,22 @@ The numbers each run observed are printed (`pytest -s`) and recorded in docs/rel
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
-import redis
 
-from tests.conftest import WorkerProcess, start_worker_process
+from tests.support.delivery_run import (
+    CONCURRENCY,
+    KILLS,
+    REDELIVERY_BOUND,
+    TASKS,
+    Run,
+    sigkill,
+)
 
 pytestmark = pytest.mark.timeout(240)
-
-TASKS = 1000
-KILLS = 5
-TASK_SECONDS = 0.02
-REDELIVERY_BOUND = 120.0  # the promise; observed values are printed
-CONCURRENCY = 2
-APP = "tests.support.delivery_worker_app"
-
-
-class Run:
-    """One scenario: its counter hash, its workers, and the counts at the end."""
-
-    def __init__(self, env: dict[str, str], run_dir: Path, client_app, pool: str) -> None:  # type: ignore[no-untyped-def]
-        self.env, self.run_dir, self.client_app, self.pool = env, run_dir, client_app, pool
-        self.counter_url = env["BROKER_URL"]
-        self.counter_key = f"{env['REDIS_KEY_PREFIX']}delivery-test:{secrets.token_hex(4)}"
-        self.redis = redis.Redis.from_url(self.counter_url)
-        self.workers: list[WorkerProcess] = []
-
-    def start_worker(self, concurrency: int = CONCURRENCY) -> WorkerProcess:
-        worker = start_worker_process(self.env, self.run_dir, self.pool, concurrency, app=APP,
-                                      ping_app=self.client_app)
-        self.workers.append(worker)
-        return worker
-
-    def send(self, tasks: int) -> None:
-        for _ in range(tasks):
-            self.client_app.send_task("tests.delivery.count", args=(self.counter_url, self.counter_key, TASK_SECONDS))
-
-    def completed(self) -> int:
-        return int(self.redis.hlen(self.counter_key))
-
-    def counts(self) -> dict[str, int]:
-        runs = [int(value) for value in self.redis.hvals(self.counter_key)]
-        return {"sent": TASKS, "completed": len(runs), "lost": TASKS - len(runs),
-                "duplicated": sum(1 for value in runs if value > 1)}
-
-    def wait_for_all(self, timeout: float) -> float:
-        started = time.monotonic()
-        while self.completed() < TASKS and time.monotonic() - started < timeout:
-            time.sleep(0.2)
-        # A little longer, so that a late duplicate would still be counted.
-        time.sleep(2.0)
-        return time.monotonic() - started
-
-    def wait_until_completed(self, count: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.completed() < count:
-            assert time.monotonic() < deadline, f"only {self.completed()} of {count} tasks completed"
-            time.sleep(0.05)
-
-    def recover_after_last_kill(self, name: str) -> tuple[dict[str, int], float]:
-        """A fresh worker gives the killed workers' messages back; the counts and seconds from now to the end."""
-        last_kill = time.monotonic()
-        self.start_worker()
-        self.wait_for_all(timeout=REDELIVERY_BOUND)
-        redelivery = time.monotonic() - last_kill
-        counts = self.counts()
-        report(name, counts, redelivery)
-        return counts, redelivery
-
-    def close(self) -> None:
-        for worker in self.workers:
-            if worker.proc.poll() is None:
-                worker.stop()
-        self.redis.delete(self.counter_key, self.counter_key + ":started")
-        self.redis.close()
 
 
 @pytest.fixture
@@ -103,17 +38,6 @@ def make_run(session_env, run_dir, client_app) -> Iterator:  # type: ignore[no-u
     yield make
     for run in runs:
         run.close()
-
-
-def sigkill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def report(name: str, counts: dict[str, int], redelivery: float) -> None:
-    print(f"\n{name}: {counts} seconds from the last kill to the last completion: {redelivery:.1f}")
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

@@ -58,3 +58,32 @@ def test_only_the_threads_pool_is_tracked() -> None:
     assert track_thread_pool(pool) is None
     assert pending_thread_requests(pool) == []
     assert track_thread_pool(None) is None
+
+
+def test_queued_requests_are_cancelled_for_the_hand_back_and_running_ones_are_not() -> None:
+    from worker.delivery.threadpool import cancel_queued_thread_requests
+
+    pool = ThreadPool(limit=1)
+    pool.start()
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    try:
+        track_thread_pool(pool)
+        running, queued = Request("tag-running"), Request("tag-queued")
+        pool.apply_async(hold, callback=running.on_success)
+        pool.apply_async(time.sleep, args=(0,), callback=queued.on_success)
+        assert started.wait(5)
+        assert cancel_queued_thread_requests(pool) == [queued]
+        assert held_delivery_tags(SimpleNamespace(pool=pool, task_consumer=None)) == {"tag-running"}
+        release.set()
+        assert running.finished.wait(5)
+        time.sleep(0.2)
+        assert not queued.finished.is_set()  # never runs here: its message goes back to the queue
+    finally:
+        release.set()
+        pool.stop()
+    assert cancel_queued_thread_requests(PreforkPool(limit=1)) == []

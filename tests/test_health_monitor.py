@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, WorkerProcess, start_worker_process
-from tests.support.secret_watch import register_environment, register_output_file
 from worker.dev.services import free_port, start_redis
 
 pytestmark = pytest.mark.timeout(180)
@@ -172,8 +171,6 @@ def test_worker_gives_up_when_the_broker_is_never_reached(session_env, run_dir, 
     nobody = PrivateRedis(tmp_path / "redis", free_port())  # never started: nothing listens on the port
     env = {**os.environ, **worker_env(session_env, nobody, health, BOUND), "PYTHONPATH": str(ROOT)}
     log_path = tmp_path / "worker.log"
-    register_environment(env, "worker without a broker")
-    register_output_file(log_path, "worker without a broker")
     started = time.monotonic()
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tests.support.worker_app", "worker",

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import ROOT
-from tests.support.secret_watch import register_environment, register_output_file, register_url
+from tests.support.secret_watch import register_url
 from worker.dev.environment import derive_result_backend
 from worker.dev.provision import drop_development_databases, read_development_states
 from worker.dev.services import LOCAL_HOST, free_port, port_open, start_redis
@@ -99,8 +99,6 @@ def test_make_run_starts_worker_and_flower_and_another_shell_can_send_a_task(
     tmp_path = dev_run_dir
     port = env["FLOWER_PORT"]
     log = tmp_path / "run.log"
-    register_environment(env, "make run")
-    register_output_file(log, "make run")
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "worker.dev.run"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -90,3 +90,87 @@ def test_a_worker_that_logs_a_secret_fails_the_run_naming_file_and_label(
     assert leak_lines and all(".log (worker test-solo-" in line and label in line for line in leak_lines), output
     for value in secrets_used.values():
         assert value not in output and quote(value, safe="") not in output
+
+
+# Each test leaks its own key through a subprocess it runs and reads back itself, as the suite's CLI, entrypoint and
+# container tests do; `python -m worker check` with every key set must not leak (the product masks them).
+CAPTURED_THROWAWAY = '''
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENTRYPOINT = os.environ["LEAK_ENTRYPOINT"]
+PATH = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def test_cli_run_with_capture_output():
+    env = {**PATH, "TENANT_SIGNING_KEY": os.environ["KEY_CLI"]}
+    code = "import os; print(os.environ['TENANT_SIGNING_KEY'])"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).returncode == 0
+
+
+def test_entrypoint_run_with_communicate():
+    env = {**PATH, "DB_ENCRYPTION_KEY": os.environ["KEY_ENTRYPOINT"]}
+    proc = subprocess.Popen(["bash", ENTRYPOINT, "printenv", "DB_ENCRYPTION_KEY"], env=env, stdout=subprocess.PIPE)
+    proc.communicate(timeout=60)
+
+
+def test_container_style_argument():
+    # podman run --env NAME=value: the secret is in the arguments only, the engine prints it back.
+    done = subprocess.run(["bash", ENTRYPOINT, "echo", "--env", f"GEMINI_API_KEY={os.environ['KEY_ARGUMENT']}"],
+                          env=PATH, capture_output=True)
+    assert done.returncode == 0
+
+
+@pytest.fixture()
+def log(tmp_path):
+    yield tmp_path / "out.log"
+    (tmp_path / "out.log").unlink()  # gone at teardown: only the scan right after the test sees it
+
+
+def test_output_file_removed_before_the_session_ends(log):
+    env = {**PATH, "AZURE_OPENAI_API_KEY": os.environ["KEY_FILE"]}
+    with log.open("wb") as out:
+        subprocess.run([sys.executable, "-c", "import os; print(os.environ['AZURE_OPENAI_API_KEY'])"], env=env,
+                       stdout=out, check=True)
+
+
+def test_the_product_cli_masks_them():
+    env = {**PATH, "ENV_FILE": "/nonexistent/.env", "TENANT_SIGNING_KEY": os.environ["KEY_CLI"],
+           "DB_ENCRYPTION_KEY": os.environ["KEY_ENTRYPOINT"], "GEMINI_API_KEY": os.environ["KEY_ARGUMENT"],
+           "AZURE_OPENAI_API_KEY": os.environ["KEY_FILE"]}
+    done = subprocess.run([sys.executable, "-m", "worker", "check"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+'''
+
+
+def test_subprocess_output_the_tests_capture_themselves_is_searched(tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+
+    keys = {"KEY_CLI": secrets.token_urlsafe(32), "KEY_ENTRYPOINT": Fernet.generate_key().decode(),
+            "KEY_ARGUMENT": secrets.token_hex(20), "KEY_FILE": secrets.token_hex(20)}
+    (tmp_path / "test_captured.py").write_text(CAPTURED_THROWAWAY)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEAK_ENTRYPOINT": str(ROOT / "entrypoint.sh"), **keys}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.support.secret_watch", "-p", "no:cacheprovider",
+                           "-q", "-c", "/dev/null", "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "base"),
+                           str(tmp_path / "test_captured.py")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    output = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, output
+    assert "5 passed" in output  # only the leak check fails the run
+    leaks = sorted(line for line in done.stdout.splitlines() if line.startswith("SECRET LEAK "))
+    expected = {
+        "test_cli_run_with_capture_output": "python started by ",
+        "test_entrypoint_run_with_communicate": "bash started by ",
+        "test_container_style_argument": "bash started by ",
+        "test_output_file_removed_before_the_session_ends": "out.log (python started by ",
+    }
+    assert len(leaks) == len(expected), output
+    for test, source in expected.items():
+        assert any(source in line and f"test_captured.py::{test}" in line for line in leaks), (test, leaks)
+    assert not any("-m worker" in line for line in leaks), leaks
+    for value in keys.values():
+        assert value not in output

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, WorkerProcess, start_worker_process
-from tests.support.secret_watch import register_environment, register_output_file, register_secret
+from tests.support.secret_watch import register_secret
 from worker.dev.services import free_port
 from worker.tenant.display import annotate_kwargsrepr, show_tenant_in_kwargsrepr, tenant_label
 
@@ -106,9 +106,7 @@ def flower(session_env: dict[str, str], run_dir: Path, events_worker: WorkerProc
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "CELERY_"))}
     env.update(session_env, PYTHONPATH=str(ROOT))
     log_path = run_dir / f"flower-{port}.log"
-    register_environment(env, f"Flower on port {port}")
     register_secret("Flower --basic_auth password (FLOWER_PASSWORD)", FLOWER_PASSWORD)
-    register_output_file(log_path, f"Flower on port {port}")
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--port={port}",
                                  "--address=127.0.0.1", f"--basic_auth={FLOWER_USER}:{FLOWER_PASSWORD}"],

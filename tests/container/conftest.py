@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import register_database
-from tests.support.secret_watch import register_captured, register_environment, register_output_file
 from worker.dev.provision import ProvisionedDatabase, drop_database, provision_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +158,6 @@ def run_entrypoint(env: dict[str, str], *args: str, timeout: float = 60) -> subp
 
     It runs in its own process group, killed whole on a timeout, so that nothing it started outlives the test.
     """
-    register_environment(env, f"entrypoint.sh {' '.join(args)}")
     proc = subprocess.Popen([str(ENTRYPOINT), *args], cwd=ROOT, env=host_environment(env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -169,7 +167,6 @@ def run_entrypoint(env: dict[str, str], *args: str, timeout: float = 60) -> subp
         stdout, stderr = proc.communicate()
         command = " ".join(args)
         raise AssertionError(f"entrypoint.sh {command} still running after {timeout}s:\n{stderr[-4000:]}") from None
-    register_captured(f"entrypoint.sh {' '.join(args)}", f"{stdout}\n{stderr}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
@@ -179,8 +176,6 @@ def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
 
     def start(env: dict[str, str], *args: str) -> Entrypoint:
         log_path = tmp_path / f"entrypoint-{len(started)}.log"
-        register_environment(env, f"entrypoint.sh {' '.join(args)}")
-        register_output_file(log_path, f"entrypoint.sh {' '.join(args)}")
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen([str(ENTRYPOINT), *args], cwd=ROOT, env=host_environment(env),
                                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,27 +1,41 @@
 """Session-wide leak check: no secret the tests handed to a process may appear in any output of the suite.
 
 Fixtures register every secret they create or pass on (database passwords, Redis passwords in URLs, Flower
-basic-auth passwords, tenant signing keys, TLS private keys named in URLs) and every log file or captured output of
-the worker, Flower and entrypoint processes they start. At session end every output is searched for every secret,
-raw and URL-encoded; a hit fails the run (non-zero exit status) and the terminal summary names the output and the
-secret's label, never the secret itself.
+basic-auth passwords, tenant signing keys, TLS private keys named in URLs). Every subprocess the tests start is
+watched in one place, ``subprocess.Popen`` (which ``subprocess.run``, ``check_output`` and every helper of the
+suite go through; see ``WatchedPopen``): the secret options in its environment and in ``NAME=value`` arguments
+(``podman run --env``) are registered, and so is its output, whether it goes to a file or is read back with
+``communicate()`` (``subprocess.run(capture_output=True)``): worker logs, ``python -m worker ...`` and
+``entrypoint.sh`` runs, container runs and ``podman logs``. After each test and at session end every output is
+searched for every secret, raw and URL-encoded; a hit fails the run (non-zero exit status) and the terminal summary
+names the output and the secret's label, never the secret itself.
 
-Load it as a plugin: tests/conftest.py imports its hooks; a throwaway run uses ``-p tests.support.secret_watch``.
+Not seen: output a test reads from a pipe itself (``proc.stdout.read()``) instead of with ``communicate()``.
+
+Load it as a plugin: tests/conftest.py lists it in ``pytest_plugins``; a throwaway run uses
+``-p tests.support.secret_watch``.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, unquote, urlsplit
 
 import pytest
 
+from config.options import OPTIONS
+
 # Shorter values are too likely to occur by chance ("guest", "redis") to be worth a failing run.
 MIN_SECRET_LENGTH = 8
 # The product's options that carry a secret (config/options.py, secret=True); also read from NAME_FILE.
-SECRET_OPTIONS = ("BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "MIGRATION_DATABASE_URL",
-                  "FLOWER_BASIC_AUTH", "TENANT_SIGNING_KEY")
+SECRET_OPTIONS = tuple(option.name for option in OPTIONS if option.secret)
+# Comma-separated lists of keys.
+KEY_LIST_OPTIONS = ("TENANT_SIGNING_KEY", "DB_ENCRYPTION_KEY")
 
 
 @dataclass
@@ -35,7 +49,8 @@ class SecretWatch:
             self.secrets.setdefault(value, label)
 
     def add_output_file(self, path: Path, source: str) -> None:
-        self.output_files[Path(path)] = source
+        # The first label stays: a helper's own (worker test-prefork-...) beats the generic one of WatchedPopen.
+        self.output_files.setdefault(Path(path), source)
 
     def add_captured(self, source: str, text: str | bytes | None) -> None:
         if text:
@@ -131,19 +146,95 @@ def register_environment(env: dict[str, str], source: str) -> None:
 
 def register_option_value(name: str, value: str, source: str) -> None:
     label = f"{name} of {source}"
-    if name == "TENANT_SIGNING_KEY":
+    if name in KEY_LIST_OPTIONS:
         for index, key in enumerate(value.split(","), 1):
             register_secret(f"{label} (key {index})", key.strip())
     elif name == "FLOWER_BASIC_AUTH":
         for pair in value.split(","):
             register_secret(f"{label} password", pair.partition(":")[2])
-    else:
+    elif "://" in value:
         register_url(label, value)
+    else:  # an API key
+        register_secret(label, value.strip())
+
+
+def register_arguments(args: Any, source: str) -> None:
+    """Secret options passed as ``NAME=value`` arguments (``podman run --env NAME=value``, ``env NAME=value ...``)."""
+    if isinstance(args, (str, bytes)):
+        text = os.fsdecode(args)
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            words = text.split()
+    else:
+        words = [os.fsdecode(word) for word in args]
+    for word in words:
+        name, equals, value = word.partition("=")
+        if equals and name in SECRET_OPTIONS and value:
+            register_option_value(name, value, source)
+
+
+# -- every subprocess of the session -----------------------------------------------------------------------------
+
+_REAL_POPEN = subprocess.Popen
+
+
+def _program(args: Any) -> str:
+    """``python -m worker``, ``bash``, ``podman``: the program and, for ``python -m``, its module; never a value."""
+    if isinstance(args, (str, bytes)):
+        words = os.fsdecode(args).split()
+    else:
+        words = [os.fsdecode(word) for word in args]
+    if not words:
+        return "?"
+    program = Path(words[0]).name
+    if program.startswith("python") and "-m" in words[1:-1]:
+        return f"{program} -m {words[words.index('-m', 1) + 1]}"
+    return program
+
+
+def _output_path(stream: Any) -> Path | None:
+    name = getattr(stream, "name", None)
+    return Path(name) if isinstance(name, str) and os.path.isfile(name) else None
+
+
+class WatchedPopen(_REAL_POPEN):  # type: ignore[misc, valid-type]
+    """``subprocess.Popen`` that registers the secrets it hands to a process and the outputs it takes back.
+
+    Installed for the session by ``pytest_configure``: ``subprocess.run`` and every helper look Popen up in the
+    subprocess module when called, so no test and no helper can start a process the leak check does not see.
+    """
+
+    def __init__(self, args: Any, *positional: Any, **kwargs: Any) -> None:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        self._watch_source = f"{_program(args)} started by {test or 'the session'}"
+        if kwargs.get("env") is not None:
+            register_environment(kwargs["env"], self._watch_source)
+        register_arguments(args, self._watch_source)
+        for stream in (kwargs.get("stdout"), kwargs.get("stderr")):
+            path = _output_path(stream)
+            if path is not None:
+                register_output_file(path, self._watch_source)
+        super().__init__(args, *positional, **kwargs)
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
+        stdout, stderr = super().communicate(input, timeout)
+        register_captured(self._watch_source, stdout)
+        register_captured(self._watch_source, stderr)
+        return stdout, stderr
 
 
 # -- pytest hooks ----------------------------------------------------------------------------------------------
 
 LEAKS_KEY = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    subprocess.Popen = WatchedPopen  # type: ignore[misc]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    subprocess.Popen = _REAL_POPEN  # type: ignore[misc]
 
 
 @pytest.hookimpl(wrapper=True)

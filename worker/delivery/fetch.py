@@ -77,6 +77,27 @@ TAKE, WAIT, BRPOP = "take", "wait", "brpop"
 
 
 class AtomicFetchQoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> None:
+        """kombu gives back every unacknowledged message of a channel when it closes, also at a broker connection
+        loss, while the tasks of some of them still run here (Celery keeps running them, and acknowledges them by
+        tag afterwards, which works on any connection): each then ran twice. Those stay in ``unacked``; if this
+        worker dies before acknowledging them, the delivery recovery gives them back. At shutdown everything is
+        given back, as kombu does (a task still running then is being killed)."""
+        from worker.delivery.handback import shutting_down
+        from worker.delivery.holdings import running_delivery_tags
+
+        running = set() if shutting_down() else running_delivery_tags()
+        kept = 0
+        with self.channel.conn_or_acquire(client) as connection:
+            for tag in self._delivered:
+                if str(tag) in running:
+                    kept += 1
+                else:
+                    self.restore_by_tag(tag, client=connection)
+        self._delivered.clear()
+        if kept:
+            log.info("channel closed: %d message(s) of tasks still running here stay unacknowledged", kept)
+
     def append(self, message: Any, delivery_tag: Any) -> None:
         channel = self.channel
         if delivery_tag is not None and delivery_tag == getattr(channel, "_recorded_tag", None):

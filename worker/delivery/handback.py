@@ -5,8 +5,11 @@ shutdown does at the very end, after the running tasks finished. A task waiting 
 countdown would wait that long too, although another worker could run it. When the consumer stops (the first
 thing a warm shutdown does, before it waits for the pool), this step cancels the task consumer, so nothing new is
 fetched, and puts every request still waiting in the timer back at the head of its queue (kombu's
-``reject(requeue=True)``: restored and removed from the unacknowledged hash in one Redis transaction). Requests
-that already reached the pool are left alone: they run to the end and are acknowledged as usual.
+``reject(requeue=True)``: restored and removed from the unacknowledged hash in one Redis transaction). So does it
+with the requests queued in the threads pool's executor that no thread started yet (a prefetch multiplier above 1
+queues them there; the executor would run them all before the worker exits). Requests that a pool process or
+thread started are left alone: they run to the end and are acknowledged as usual. (Requests the prefork pool holds
+in its outgoing buffer are not reachable here; kombu restores them at the exit, as before.)
 
 A BRPOP still in flight when the consumer is cancelled would take the next message pushed to the queue, one
 just handed back included, and the event loop reads it only at the exit: its reply is read first (see
@@ -20,6 +23,8 @@ from typing import Any
 
 from celery import bootsteps
 from celery.worker import state as worker_state
+
+from worker.delivery.threadpool import cancel_queued_thread_requests
 
 log = logging.getLogger("worker.delivery")
 
@@ -50,6 +55,20 @@ def _finish_pending_fetch(channel: Any) -> None:
         log.debug("pending fetch at shutdown ended with %r", exc)
 
 
+def _requeue(request: Any) -> bool:
+    message = request.message
+    if message.acknowledged:
+        return False
+    try:
+        message.reject(requeue=True)
+    except Exception as exc:
+        log.warning("could not hand back task %s at shutdown (it returns when the worker exits): %s",
+                    request.id, exc)
+        return False
+    worker_state.reserved_requests.discard(request)
+    return True
+
+
 def hand_back_waiting(consumer: Any) -> int:
     """Stop fetching and requeue the messages of tasks that have not started; how many were handed back."""
     task_consumer = getattr(consumer, "task_consumer", None)
@@ -65,20 +84,15 @@ def hand_back_waiting(consumer: Any) -> int:
         if request.id in running:
             continue
         entry.cancel()  # first, so that the timer cannot start it after it went back to the queue
-        message = request.message
-        if message.acknowledged:
-            continue
-        try:
-            message.reject(requeue=True)
-        except Exception as exc:
-            log.warning("could not hand back task %s at shutdown (it returns when the worker exits): %s",
-                        request.id, exc)
-            continue
-        worker_state.reserved_requests.discard(request)
-        handed += 1
+        handed += _requeue(request)
     if handed:
         log.warning("warm shutdown: handed %d waiting (ETA/countdown) task(s) back to their queues", handed)
-    return handed
+    # Cancelled first (a future a thread already started cannot be cancelled and is left to finish).
+    queued = sum(map(_requeue, cancel_queued_thread_requests(getattr(consumer, "pool", None))))
+    if queued:
+        log.warning("warm shutdown: handed %d prefetched task(s) that no thread had started back to their queues",
+                    queued)
+    return handed + queued
 
 
 def shutting_down() -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery.worker import state as worker_state
 
-from worker.delivery.threadpool import pending_thread_requests
+from worker.delivery.threadpool import pending_requests_of_every_pool, pending_thread_requests
 
 
 def _snapshot(read: Callable[[], Iterable[Any]], attempts: int = 20) -> list[Any]:
@@ -43,4 +43,12 @@ def held_delivery_tags(consumer: Any | None) -> set[str]:
     delivered = getattr(qos, "_delivered", None)
     if delivered is not None:
         tags.update(str(tag) for tag in _snapshot(lambda: delivered.keys()))
+    return tags
+
+
+def running_delivery_tags() -> set[str]:
+    """Tags of the messages whose task runs in this process, or will (queued in the threads pool): after a
+    connection loss they still end here and are acknowledged by tag, so they must not be given back meanwhile."""
+    tags = {tag for tag in map(_tag, _snapshot(lambda: worker_state.active_requests)) if tag}
+    tags.update(tag for tag in map(_tag, pending_requests_of_every_pool()) if tag)
     return tags

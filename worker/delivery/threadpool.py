@@ -10,10 +10,12 @@ submitted to the executor until its future is done, so that the holdings keep li
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
 _MARK = "_delivery_pending_requests"
+_TRACKED: weakref.WeakSet[PendingRequests] = weakref.WeakSet()  # every tracked pool of this process
 
 
 class PendingRequests:
@@ -36,6 +38,13 @@ class PendingRequests:
         with self._lock:
             return list(self._pending.values())
 
+    def cancel_queued(self) -> list[Any]:
+        """Cancel every future no thread has started yet; their requests, oldest first."""
+        with self._lock:
+            pending = list(self._pending.items())
+        # Outside the lock: a cancelled future runs its done callback (_discard) at once.
+        return [request for future, request in pending if future.cancel()]
+
 
 def track_thread_pool(pool: Any) -> PendingRequests | None:
     """Start tracking the requests of Celery's threads ``pool`` (idempotent); None for any other pool."""
@@ -47,6 +56,7 @@ def track_thread_pool(pool: Any) -> PendingRequests | None:
     if tracked is not None:
         return tracked
     tracked = PendingRequests()
+    _TRACKED.add(tracked)
     on_apply = pool.on_apply
 
     def tracking_on_apply(*args: Any, **kwargs: Any) -> Any:
@@ -63,7 +73,19 @@ def track_thread_pool(pool: Any) -> PendingRequests | None:
     return tracked
 
 
+def cancel_queued_thread_requests(pool: Any) -> list[Any]:
+    """Take back the requests queued in ``pool``'s executor that no thread started (a tracked threads pool only):
+    they will never run here; the caller hands their messages back."""
+    tracked = getattr(pool, _MARK, None)
+    return tracked.cancel_queued() if isinstance(tracked, PendingRequests) else []
+
+
 def pending_thread_requests(pool: Any) -> list[Any]:
     """The requests queued or running in ``pool`` if it is a tracked threads pool, else []."""
     tracked = getattr(pool, _MARK, None)
     return tracked.requests() if isinstance(tracked, PendingRequests) else []
+
+
+def pending_requests_of_every_pool() -> list[Any]:
+    """The requests queued or running in every tracked threads pool of this process."""
+    return [request for tracked in list(_TRACKED) for request in tracked.requests()]

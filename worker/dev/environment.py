@@ -86,7 +86,7 @@ def plan(environ: Mapping[str, str], run_dir: Path) -> DevEnvironment:
     default("CELERY_WORKER_CONCURRENCY", "2")
     # The demo endpoint (python -m worker demo-endpoint) listens on loopback, which production refuses.
     default("EXECUTION_ALLOW_PRIVATE_TARGETS", "yes")
-    default("WORKER_HEALTH_DIR", str(run_dir / "health"))
+    default("WORKER_HEALTH_DIR", str((run_dir / "health").absolute()))  # the option takes absolute paths only
     result = DevEnvironment(env, start_redis=not given("BROKER_URL"), provision_database=not given("DATABASE_URL"),
                             generated_flower_auth=generated_auth)
     validate(result)

@@ -211,7 +211,8 @@ def pool_properties() -> dict[str, Any]:
                                                  "it is shorter than that shutdown needs plus 15 s for the worker "
                                                  "to exit.", 0, None, nullable=True),
         "extraArgs": string("Extra `celery worker` options (CELERY_WORKER_OPTS), split like a shell line; the "
-                            "render fails on an unclosed quote or a trailing backslash."),
+                            "render fails on an unclosed quote or a trailing backslash. The container checks the "
+                            "words against celery worker's options when it starts (exit 64 on an unknown one)."),
         "preStopDrain": boolean("preStop hook `entrypoint.sh drain`: the pod stops consuming and waits for its "
                                 "active tasks before SIGTERM."),
         "safeToEvict": boolean("Value of the cluster-autoscaler.kubernetes.io/safe-to-evict annotation; false "
