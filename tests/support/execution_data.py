@@ -94,6 +94,10 @@ class ExecutionData:
         with tenant_session(organization_id, engine=self.engine) as db:
             return db.get(TestRun, uuid.UUID(run_id))
 
+    def run_count(self, organization_id: str) -> int:
+        with tenant_session(organization_id, engine=self.engine) as db:
+            return db.scalar(select(func.count()).select_from(TestRun)) or 0
+
     def results(self, organization_id: str, run_id: str) -> list[TestResult]:
         with tenant_session(organization_id, engine=self.engine) as db:
             return list(db.scalars(select(TestResult).where(TestResult.test_run_id == uuid.UUID(run_id))))

@@ -21,7 +21,7 @@ import pytest
 MIN_SECRET_LENGTH = 8
 # The product's options that carry a secret (config/options.py, secret=True); also read from NAME_FILE.
 SECRET_OPTIONS = ("BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "MIGRATION_DATABASE_URL",
-                  "FLOWER_BASIC_AUTH", "TENANT_SIGNING_KEY")
+                  "FLOWER_BASIC_AUTH", "TENANT_SIGNING_KEY", "API_TOKEN_SECRET")
 
 
 @dataclass
@@ -131,7 +131,7 @@ def register_environment(env: dict[str, str], source: str) -> None:
 
 def register_option_value(name: str, value: str, source: str) -> None:
     label = f"{name} of {source}"
-    if name == "TENANT_SIGNING_KEY":
+    if name in ("TENANT_SIGNING_KEY", "API_TOKEN_SECRET"):
         for index, key in enumerate(value.split(","), 1):
             register_secret(f"{label} (key {index})", key.strip())
     elif name == "FLOWER_BASIC_AUTH":

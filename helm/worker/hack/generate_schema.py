@@ -299,6 +299,8 @@ NOT_IN_CONFIG: dict[str, str] = {
     "ENABLE_FLOWER": "fixed to no (FIXED): Flower runs as its own Deployment (flower.enabled)",
     "FLOWER_PORT": "flower.port, beside the Service and probes that use it",
     "FLOWER_UNAUTHENTICATED": "set by the Flower Deployment from flower.auth.type none",
+    "API_HOST": "set by the API Deployment (all addresses of its pod)",
+    "API_PORT": "api.port, beside the Service and probes that use it",
 }
 # Variables the chart sets itself in the ConfigMap, whatever the values say.
 FIXED: dict[str, str] = {

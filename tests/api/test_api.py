@@ -1,0 +1,107 @@
+"""The task and run API end to end: the service as a real process, a real worker, Redis and PostgreSQL.
+
+Ownership: every id of another organization is answered exactly like an unknown id (the same 404 body).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from tests.support.api_client import ApiClient
+from tests.support.execution_data import ExecutionData
+
+pytestmark = pytest.mark.timeout(180)
+
+NOT_FOUND = {"error": {"code": "not_found", "message": "not found"}}
+FINAL = ("completed", "partial", "failed", "cancelled")
+
+
+def wait_for(client: ApiClient, path: str, done, timeout: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.get(path)
+        assert answer.status == 200, (answer.status, answer.body)
+        if done(answer.json()):
+            return answer.json()
+        assert time.monotonic() < deadline, answer.json()
+        time.sleep(0.2)
+
+
+def test_execute_returns_a_task_that_completes_and_the_run_with_its_results(api_worker, tenant) -> None:
+    configuration, client = tenant(tests=7)
+    launched = client.post(f"/test_configurations/{configuration.configuration_id}/execute")
+    assert launched.status == 202, launched.body
+    body = launched.json()
+    assert set(body) == {"task_id", "test_run_id"}
+    task = wait_for(client, f"/tasks/{body['task_id']}", lambda t: t["status"] == "SUCCESS")
+    assert task["result"]["test_run_id"] == body["test_run_id"] and task["error"] is None
+    assert task["result"]["created"] is False  # the API made the run; the task found it by its task id
+    run = wait_for(client, f"/test_runs/{body['test_run_id']}", lambda r: r["status"] in FINAL)
+    assert run["status"] == "completed" and run["task_id"] == body["task_id"]
+    assert run["total_tests"] == run["done"] == 7 and run["progress"] == 1
+    assert run["counts"] == {"pass": 0, "fail": 0, "error": 0, "not_scored": 7, "cancelled": 0}
+    assert run["started_at"] and run["finished_at"] and run["duration_seconds"] >= 0
+
+    first = client.get(f"/test_runs/{body['test_run_id']}/results?limit=5").json()
+    second = client.get(f"/test_runs/{body['test_run_id']}/results?limit=5&offset=5").json()
+    assert first["total"] == 7 and len(first["items"]) == 5 and first["next_offset"] == 5
+    assert len(second["items"]) == 2 and second["next_offset"] is None
+    items = first["items"] + second["items"]
+    assert sorted(item["test_id"] for item in items) == sorted(configuration.test_ids)
+    assert all(item["output"] == f"echo: {item['prompt']}" and item["status"] == "not_scored" for item in items)
+    assert client.get(f"/test_runs/{body['test_run_id']}/results?status=fail").json()["total"] == 0
+
+
+def test_another_organization_gets_the_unknown_id_answer_for_everything(api_worker, tenant, data: ExecutionData,
+                                                                        server) -> None:
+    mine, client = tenant(tests=3)
+    theirs, other = tenant(tests=3)
+    server.hold()  # the victim's run stays active while the other organization tries to cancel it
+    launched = client.post(f"/test_configurations/{mine.configuration_id}/execute").json()
+    run_id, task_id = launched["test_run_id"], launched["task_id"]
+    wait_for(client, f"/test_runs/{run_id}", lambda r: r["status"] == "running")
+
+    unknown_run, unknown_task = str(uuid.uuid4()), str(uuid.uuid4())
+    probes = [
+        ("POST", f"/test_configurations/{mine.configuration_id}/execute"),
+        ("GET", f"/tasks/{task_id}"),
+        ("GET", f"/test_runs/{run_id}"),
+        ("GET", f"/test_runs/{run_id}/results"),
+        ("POST", f"/test_runs/{run_id}/cancel"),
+        ("GET", f"/test_runs/{run_id}/events"),
+    ]
+    for method, path in probes:
+        foreign = other.call(method, path)
+        unknown = other.call(method, path.replace(run_id, unknown_run).replace(task_id, unknown_task)
+                             .replace(mine.configuration_id, str(uuid.uuid4())))
+        malformed = other.call(method, path.replace(run_id, "x").replace(task_id, "x%00")
+                               .replace(mine.configuration_id, "nope"))
+        for answer in (foreign, unknown, malformed):
+            assert (answer.status, answer.json()) == (404, NOT_FOUND), (method, path, answer.body)
+        assert foreign.body == unknown.body == malformed.body
+        assert foreign.headers.get("Content-Length") == unknown.headers.get("Content-Length")
+
+    # Nothing happened to the victim's run, and the foreign execute created no run anywhere.
+    run = client.get(f"/test_runs/{run_id}").json()
+    assert run["status"] == "running" and run["cancel_requested"] is False
+    assert data.run_count(mine.organization_id) == 1 and data.run_count(theirs.organization_id) == 0
+    server.release()
+    assert wait_for(client, f"/test_runs/{run_id}", lambda r: r["status"] in FINAL)["status"] == "completed"
+
+
+def test_a_task_is_known_while_it_has_no_result_yet_or_any_more(api_worker, tenant, session_env,
+                                                                client_app) -> None:
+    configuration, client = tenant(tests=1)
+    launched = client.post(f"/test_configurations/{configuration.configuration_id}/execute").json()
+    wait_for(client, f"/tasks/{launched['task_id']}", lambda t: t["status"] == "SUCCESS")
+    # The result expires (RESULT_EXPIRES): ownership lives in PostgreSQL, so the task is still the caller's.
+    results = redis.Redis.from_url(session_env["CELERY_RESULT_BACKEND"])
+    key = client_app.backend.get_key_for_task(launched["task_id"])  # with REDIS_KEY_PREFIX
+    assert results.delete(key) == 1
+    answer = client.get(f"/tasks/{launched['task_id']}")
+    assert (answer.status, answer.json()) == (200, {"task_id": launched["task_id"], "status": "PENDING",
+                                                    "result": None, "error": None})
