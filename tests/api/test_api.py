@@ -105,3 +105,90 @@ def test_a_task_is_known_while_it_has_no_result_yet_or_any_more(api_worker, tena
     answer = client.get(f"/tasks/{launched['task_id']}")
     assert (answer.status, answer.json()) == (200, {"task_id": launched["task_id"], "status": "PENDING",
                                                     "result": None, "error": None})
+
+
+def test_the_event_stream_shows_progress_while_the_run_goes_on_then_ends(api_worker, tenant, server) -> None:
+    configuration, client = tenant(tests=4)
+    server.hold()  # no test can finish before the stream has shown the run running
+    launched = client.post(f"/test_configurations/{configuration.configuration_id}/execute").json()
+    path = f"/test_runs/{launched['test_run_id']}/events"
+    seen = []
+    for event in client.events(path):
+        seen.append(event)
+        if event.name == "progress" and event.data["status"] == "running":
+            server.release()
+    names = [event.name for event in seen]
+    assert names[-1] == "end" and set(names[:-1]) == {"progress"}, names
+    running = [e.data for e in seen if e.name == "progress" and e.data["status"] == "running"]
+    assert running and running[0]["done"] < running[0]["total_tests"] == 4 and running[0]["progress"] < 1
+    final = seen[-1].data
+    assert final["status"] == "completed" and final["done"] == 4 and final["progress"] == 1
+    assert final["counts"]["not_scored"] == 4 and final["id"] == launched["test_run_id"]
+    done = [e.data["done"] for e in seen]
+    assert done == sorted(done)
+    assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
+    # A run that has ended: one end event at once, then the stream closes.
+    again = list(client.events(path))
+    assert [e.name for e in again] == ["end"] and again[0].data["status"] == "completed"
+
+
+def test_cancel_stops_the_callers_run_and_keeps_it_readable(api_worker, tenant, server) -> None:
+    configuration, client = tenant(tests=5)
+    server.hold()
+    launched = client.post(f"/test_configurations/{configuration.configuration_id}/execute").json()
+    run_path = f"/test_runs/{launched['test_run_id']}"
+    wait_for(client, run_path, lambda r: r["status"] == "running")
+    answer = client.post(f"{run_path}/cancel")
+    assert answer.status == 200, answer.body
+    assert answer.json()["cancel_requested"] is True and answer.json()["status"] in ("running", "cancelled")
+    # Every call is still held: the lanes cancel them, and the run ends with no answer received.
+    run = wait_for(client, run_path, lambda r: r["status"] in FINAL)
+    server.release()
+    assert run["status"] == "cancelled" and run["done"] == 5 and run["counts"]["cancelled"] == 5
+    assert client.post(f"{run_path}/cancel").json()["status"] == "cancelled"  # idempotent
+    page = client.get(f"{run_path}/results?status=cancelled").json()
+    assert page["total"] == run["counts"]["cancelled"] and {i["status"] for i in page["items"]} == {"cancelled"}
+
+
+def test_a_failed_task_shows_its_error_without_traceback_or_secret(api_worker, tenant, data: ExecutionData,
+                                                                   client_app) -> None:
+    configuration, client = tenant(tests=1)
+    task_id, secret = str(uuid.uuid4()), f"pw-{uuid.uuid4().hex}"
+    data.pre_created_run(configuration, task_id)  # what the execute route records before it publishes
+    failed = client_app.send_task("tests.probe.fail_quoting", args=[secret], task_id=task_id,
+                                  headers={"organization_id": configuration.organization_id})
+    with pytest.raises(RuntimeError):
+        failed.get(timeout=30)
+    answer = client.get(f"/tasks/{task_id}")
+    assert answer.status == 200, answer.body
+    body = answer.json()
+    assert body["status"] == "FAILURE" and body["result"] is None
+    assert body["error"].startswith("RuntimeError: the task failed")
+    assert secret not in answer.body.decode() and "postgresql://" not in answer.body.decode()
+    assert "Traceback" not in answer.body.decode()
+
+
+@pytest.mark.parametrize("kind", ["none", "not bearer", "garbage", "other key", "expired", "unknown user",
+                                  "user of another organization"])
+def test_requests_without_a_valid_token_get_401(kind: str, api, tenant, api_keys) -> None:
+    from worker.api.tokens import mint
+
+    configuration, client = tenant(tests=1)
+    other, _ = tenant(tests=1)
+    org, user = configuration.organization_id, configuration.user_id
+    tokens = {
+        "none": None,
+        "garbage": "tw1.not.a.token",
+        "other key": mint(("k" * 8 + uuid.uuid4().hex,), org, user),
+        "expired": mint(api_keys, org, user, lifetime=1, now=time.time() - 60),
+        "unknown user": mint(api_keys, org, str(uuid.uuid4())),
+        "user of another organization": mint(api_keys, org, other.user_id),
+    }
+    if kind == "not bearer":
+        answer = ApiClient(api.url).call("GET", f"/test_runs/{uuid.uuid4()}",
+                                         headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    else:
+        answer = client.as_token(tokens[kind]).get(f"/test_runs/{uuid.uuid4()}")
+    assert answer.status == 401 and answer.json()["error"]["code"] == "unauthorized", answer.body
+    assert answer.headers.get("www-authenticate") == "Bearer"
+    assert client.get(f"/test_runs/{uuid.uuid4()}").status == 404  # the valid token passes, the id is unknown

@@ -39,18 +39,21 @@ class Event:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    """``token`` goes into ``Authorization: Bearer``; ``headers`` into every request (a host's own scheme)."""
+
+    def __init__(self, base_url: str, token: str | None = None, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.headers = dict(headers or {})
 
     def as_token(self, token: str | None) -> ApiClient:
-        return ApiClient(self.base_url, token)
+        return ApiClient(self.base_url, token, self.headers)
 
     def _request(self, method: str, path: str, headers: dict[str, str] | None = None) -> urllib.request.Request:
         request = urllib.request.Request(self.base_url + path, method=method)  # noqa: S310 - loopback only
         if self.token is not None:
             request.add_header("Authorization", f"Bearer {self.token}")
-        for name, value in (headers or {}).items():
+        for name, value in {**self.headers, **(headers or {})}.items():
             request.add_header(name, value)
         return request
 
