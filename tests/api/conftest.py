@@ -67,7 +67,7 @@ def api(api_env: dict[str, str], run_dir: Path) -> Iterator[ApiProcess]:
     process.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tenant(data: ExecutionData, api: ApiProcess, api_keys: tuple[str, ...], server: EndpointServer):  # type: ignore[no-untyped-def]
     """Factory: an organization with a configuration of ``tests`` tests against the endpoint server, and a client
     holding a token of its user."""

@@ -124,6 +124,9 @@ def test_the_event_stream_shows_progress_while_the_run_goes_on_then_ends(api_wor
     final = seen[-1].data
     assert final["status"] == "completed" and final["done"] == 4 and final["progress"] == 1
     assert final["counts"]["not_scored"] == 4 and final["id"] == launched["test_run_id"]
+    run = client.get(f"/test_runs/{launched['test_run_id']}").json()
+    assert {k: v for k, v in final.items() if k != "duration_seconds"} == \
+        {k: v for k, v in run.items() if k != "duration_seconds"}  # the same body as GET /test_runs/{id}
     done = [e.data["done"] for e in seen]
     assert done == sorted(done)
     assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))

@@ -44,10 +44,28 @@ _MAX_OFFSET = 10_000_000
 _TASK_FAILED = "the task failed; the worker's log has the details (search for the task id)"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Not authenticated (the host's authentication decides)."},
+    403: {"model": ErrorResponse, "description": "The current user has no usable organization."},
     404: {"model": ErrorResponse, "description": "Unknown id, or another organization's (the same answer)."},
     422: {"model": ErrorResponse, "description": "A query parameter is invalid."},
     503: {"model": ErrorResponse, "description": "The database or the task queue is unavailable."},
 }
+
+# One server-sent event, as OpenAPI 3.2 describes the items of a text/event-stream (`itemSchema`; `schema` is the
+# whole stream, a sequence of them): `data` is the run as JSON.
+_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "end", "error"]},
+        "id": {"type": "string", "description": "1, 2, 3, ... within one stream."},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/Run"},
+                 "description": "The run, as GET /test_runs/{id} answers it (an ErrorResponse for `error`)."},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+_EVENT_STREAM = {"itemSchema": _EVENT, "schema": {"type": "array", "items": _EVENT}}
 
 RunId = Annotated[str, Path(description="Id of a test run of the caller's organization.")]
 
@@ -227,7 +245,7 @@ def create_router(current_user: Callable[..., Any], *, celery_app: Any = None, e
                     "A text/event-stream: `event: progress` with the run (the body of GET /test_runs/{id}) whenever "
                     "it changes, then one `event: end` with the final run, after which the stream closes. Comment "
                     "lines keep an idle stream open."),
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+                    "content": {"text/event-stream": _EVENT_STREAM}}})
     async def events(test_run_id: RunId, user: CurrentUser) -> StreamingResponse:
         """Server-sent events with the run's progress until it ends."""
         run_id = _parse(test_run_id)
@@ -250,7 +268,8 @@ def create_router(current_user: Callable[..., Any], *, celery_app: Any = None, e
             if key != last or final:
                 sequence += 1
                 last, quiet = key, 0.0
-                yield f"id: {sequence}\nevent: {'end' if final else 'progress'}\ndata: {view.model_dump_json()}\n\n"
+                payload = view.model_dump_json(by_alias=True)  # "pass", as GET /test_runs/{id} writes it
+                yield f"id: {sequence}\nevent: {'end' if final else 'progress'}\ndata: {payload}\n\n"
             if final:
                 return
             await asyncio.sleep(events_interval)
