@@ -40,14 +40,16 @@ def api(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EX_FAILURE
     from config import load_settings
-    from worker.cli.launch_commands import _log_settings
+    from config.options import OPTIONS
 
-    settings = load_settings()  # every scope: this process also publishes tasks and opens tenant sessions
+    settings = load_settings()  # every scope, like the worker's launcher: one configuration, checked once
     current_user = _load_dependency(args.auth) if args.auth else None
     app = create_app(current_user, settings=settings)  # ConfigError without API_TOKEN_SECRET (and no --auth)
     host = args.host or settings.api_host
     port = args.port or settings.api_port
-    _log_settings(settings)
+    for option in OPTIONS:
+        if option.scope in ("app", "api"):  # what this process uses (the worker's launcher logs the rest)
+            log.info("setting %s=%s", option.name, option.show(getattr(settings, option.attribute)))
     log.info("API on http://%s:%s/ with %s", host, port,
              f"authentication {args.auth}" if args.auth else "bearer tokens (API_TOKEN_SECRET)")
     logging.getLogger("worker").setLevel(settings.log_level)
