@@ -144,3 +144,24 @@ def test_the_service_takes_another_authentication(session_env, run_dir, data: Ex
     finally:
         process.stop()
     assert "Traceback" not in process.log(), process.log()[-3000:]
+
+
+def test_the_healthcheck_of_an_api_container_asks_the_api(api) -> None:
+    """`python -m worker healthcheck` (the image's HEALTHCHECK, the chart's probes) in an API container."""
+    import os
+    import signal
+
+    def healthcheck() -> subprocess.CompletedProcess:
+        env = {**os.environ, "WORKER_HEALTH_DIR": api.env["WORKER_HEALTH_DIR"], "API_PORT": "1"}
+        return subprocess.run([sys.executable, "-m", "worker", "healthcheck"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=30)
+
+    healthy = healthcheck()
+    port = api.url.rsplit(":", 1)[1]
+    assert (healthy.returncode, healthy.stdout.strip()) == (0, f"healthy: the API answers on port {port}")
+    api.proc.send_signal(signal.SIGSTOP)  # alive but not answering
+    try:
+        stuck = healthcheck()
+    finally:
+        api.proc.send_signal(signal.SIGCONT)
+    assert stuck.returncode == 1 and stuck.stdout.startswith("unhealthy: the API"), stuck.stdout

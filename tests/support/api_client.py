@@ -118,14 +118,16 @@ class ApiProcess:
 def start_api_process(env: dict[str, str], run_dir: Path, port: int, extra_args: tuple[str, ...] = (),
                       timeout: float = 60) -> ApiProcess:
     """``python -m worker api`` as a real process; returns once /healthz answers."""
-    log_path = run_dir / f"api-{secrets.token_hex(3)}.log"
-    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    name = f"api-{secrets.token_hex(3)}"
+    log_path = run_dir / f"{name}.log"
+    # A health directory of its own: the role file the API writes must not replace a worker's.
+    full_env = {**os.environ, "WORKER_HEALTH_DIR": str(run_dir / f"{name}-health"), **env, "PYTHONPATH": str(ROOT)}
     register_environment(full_env, "api service")
     register_output_file(log_path, "api service")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "worker", "api", "--port", str(port), *extra_args], cwd=ROOT,
                                 env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    api = ApiProcess(f"http://127.0.0.1:{port}", proc, log_path, env)
+    api = ApiProcess(f"http://127.0.0.1:{port}", proc, log_path, full_env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -53,6 +53,11 @@ def api(args: argparse.Namespace) -> int:
     log.info("API on http://%s:%s/ with %s", host, port,
              f"authentication {args.auth}" if args.auth else "bearer tokens (API_TOKEN_SECRET)")
     logging.getLogger("worker").setLevel(settings.log_level)
+    from worker.health.files import API_PORT, HealthFiles
+
+    health = HealthFiles(settings.worker_health_dir)  # `python -m worker healthcheck` in this container asks /healthz
+    if health.start_role("api"):
+        health.write(API_PORT, f"{port}\n")
     # Event streams stay open while their runs go on: after SIGTERM they get a few seconds, then are closed.
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), server_header=False,
                 timeout_graceful_shutdown=5, access_log=True)

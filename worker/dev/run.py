@@ -118,10 +118,12 @@ def _run(dev: DevEnvironment, directory: Path, signals: _Signals) -> int:
           "Execute the demo configuration through the API and follow its run:\n"
           f"  {api_curl(_shown(api_file))}", flush=True)
 
+    # The API in its own health directory: the role file it writes there would stand for the worker's.
+    _start(signals, ["bash", str(ROOT / "entrypoint.sh"), "api"],
+           {**env, "WORKER_HEALTH_DIR": str(directory / "health-api")})
     # A child, not exec: the embedded servers are stopped after it exits. Its own session, so that Ctrl-C
     # reaches it once, through us (the terminal would also signal it directly, and a second SIGINT turns
     # Celery's warm shutdown into a cold one).
-    _start(signals, ["bash", str(ROOT / "entrypoint.sh"), "api"], env)
     worker = subprocess.Popen(["bash", str(ROOT / "entrypoint.sh"), "worker"], env=env, start_new_session=True)
     signals.worker = worker
     while True:
