@@ -59,9 +59,35 @@ def api(args: argparse.Namespace) -> int:
     if health.start_role("api"):
         health.write(API_PORT, f"{port}\n")
     # Event streams stay open while their runs go on: after SIGTERM they get a few seconds, then are closed.
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), server_header=False,
-                timeout_graceful_shutdown=5, access_log=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), server_header=False,
+                            timeout_graceful_shutdown=5, access_log=True)
+    _server_class()(config).run()
     return 0
+
+
+def _server_class() -> type:
+    """Built on first use: uvicorn comes with the api extra."""
+    import contextlib
+    import signal
+    from collections.abc import Iterator
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully, so the process would end "killed by
+        SIGTERM" (status 143) or with a KeyboardInterrupt traceback; a graceful shutdown exits 0 here, like the
+        worker's warm shutdown."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def api_token(args: argparse.Namespace) -> int:
