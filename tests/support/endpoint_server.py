@@ -2,7 +2,8 @@
 
 Routes:
   POST /chat            {"input", "test_id"} -> {"output": "echo: <input>", "meta": {...}}; configure() sets
-                        latency, failures (first n calls per test key), status and a fixed answer
+                        latency, failures (first n calls per test key), status and a fixed answer; between
+                        hold() and release() calls are counted, then wait
   GET  /text            text/plain answer
   GET  /huge?bytes=N    N bytes of JSON-ish filler, streamed without Content-Length (&length=1 to send it)
   ANY  /redirect?to=URL&status=302   a redirect to URL (any address)
