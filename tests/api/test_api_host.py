@@ -165,3 +165,24 @@ def test_the_healthcheck_of_an_api_container_asks_the_api(api) -> None:
     finally:
         api.proc.send_signal(signal.SIGCONT)
     assert stuck.returncode == 1 and stuck.stdout.startswith("unhealthy: the API"), stuck.stdout
+
+
+def test_execute_without_a_broker_answers_503_and_fails_the_run(api_env, run_dir, data: ExecutionData,
+                                                                  server, api_keys) -> None:
+    """No run may wait forever for a message that was never sent."""
+    from worker.api.tokens import mint
+
+    configuration = data.configuration(server.url + "/chat", 1)
+    nowhere = f"redis://127.0.0.1:{free_port()}"
+    process = start_api_process({**api_env, "BROKER_URL": f"{nowhere}/0", "CELERY_RESULT_BACKEND": f"{nowhere}/1"},
+                                run_dir, free_port())
+    try:
+        client = ApiClient(process.url, mint(api_keys, configuration.organization_id, configuration.user_id))
+        answer = client.post(f"/test_configurations/{configuration.configuration_id}/execute")
+    finally:
+        process.stop()
+    assert answer.status == 503, answer.body
+    assert answer.json()["error"]["code"] == "unavailable" and answer.headers.get("retry-after") == "5"
+    runs = data.runs(configuration.organization_id)
+    assert [(r.status, r.error) for r in runs] == [("failed", "the execute task could not be enqueued")]
+    assert nowhere not in answer.body.decode()

@@ -103,6 +103,10 @@ class ExecutionData:
                            task_id=task_id))
         return str(run_id)
 
+    def runs(self, organization_id: str) -> list[TestRun]:
+        with tenant_session(organization_id, engine=self.engine) as db:
+            return list(db.scalars(select(TestRun)))
+
     def run_count(self, organization_id: str) -> int:
         with tenant_session(organization_id, engine=self.engine) as db:
             return db.scalar(select(func.count()).select_from(TestRun)) or 0
