@@ -1,4 +1,5 @@
-# The tenant-worker image: Celery worker (and optionally Flower) as a non-root user under tini.
+# The tenant-worker image: Celery worker (and optionally Flower, or the task and run API) as a non-root user under
+# tini.
 # Build with `make image` (scripts/build-image.sh); documentation: docs/container.md.
 #
 # PYTHON_IMAGE selects the base. Any Debian-based image with `python3` and `python3-venv` works
@@ -18,13 +19,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first (their own layer, reused until pyproject.toml or constraints.txt change).
+# Dependencies first (their own layer, reused until pyproject.toml or constraints.txt change): the project's and
+# its `api` extra (FastAPI, uvicorn), so that `entrypoint.sh api` serves the task and run API (docs/api.md).
 # The optional `cacert` secret is a CA bundle for pip behind a TLS-intercepting proxy; it is mounted
 # only for this step and never stored in a layer.
 COPY pyproject.toml constraints.txt ./
 RUN --mount=type=secret,id=cacert,required=false \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["api"]))' \
         > requirements.txt; \
     /opt/venv/bin/python -m pip install --quiet --constraint constraints.txt --requirement requirements.txt
 
@@ -68,15 +70,17 @@ COPY --chmod=0755 entrypoint.sh /usr/local/bin/entrypoint.sh
 #   PYTHONUNBUFFERED         log lines reach `docker logs` at once, not when a buffer fills
 #   PYTHONDONTWRITEBYTECODE  the code is compiled at build time; nothing may write beside it (read-only image)
 #   CELERY_APP               Celery's own variable, for commands run as given (`entrypoint.sh celery inspect ping`)
+#   API_HOST                 `entrypoint.sh api` listens on every address of the container (loopback by default)
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/tmp \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    CELERY_APP=worker.app
+    CELERY_APP=worker.app \
+    API_HOST=0.0.0.0
 
 WORKDIR /app
 USER 10001:10001
-EXPOSE 5555
+EXPOSE 5555 8000
 STOPSIGNAL SIGTERM
 
 # Cheap: the age of the heartbeat file (stdlib and config's declarations, about 0.1 s); it never imports Celery

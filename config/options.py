@@ -87,6 +87,21 @@ class SigningKeys(KeyList):
             raise ValueError(f"key {number} is shorter than {TENANT_SIGNING_KEY_MIN_LENGTH} characters")
 
 
+class TokenSecrets(SigningKeys):
+    """HMAC keys of the API's bearer tokens: like the tenant signing keys, and never a placeholder."""
+
+    allowed = (f"comma-separated random keys of at least {TENANT_SIGNING_KEY_MIN_LENGTH} characters without "
+               "whitespace or commas, all different (the first signs, all verify; `openssl rand -hex 32`), or empty")
+    # Words of the values people paste from examples ("change-me-...", "your-secret-here"); a random key of this
+    # length holds one of them by chance about once in 10^8.
+    PLACEHOLDER = re.compile(r"(?i)change|replace|example|placeholder|secret|insecure|dummy|password")
+
+    def check_key(self, number: int, key: str) -> None:
+        super().check_key(number, key)
+        if len(set(key)) < 8 or self.PLACEHOLDER.search(key):
+            raise ValueError(f"key {number} is not a random key")
+
+
 class FernetKeys(KeyList):
     """Fernet keys: the first encrypts, all decrypt."""
 
@@ -279,6 +294,15 @@ OPTIONS: tuple[Option, ...] = (
            "Flower basic-auth credentials.", scope="flower", secret=True),
     Option("FLOWER_UNAUTHENTICATED", Boolean(), "no",
            "Allow Flower without authentication (logged loudly). Only for local development.", scope="flower"),
+    # -- the task and run API (python -m worker api; docs/api.md) --------------------------------
+    Option("API_TOKEN_SECRET", TokenSecrets(), "",
+           "HMAC keys that sign the API's bearer tokens (`python -m worker api-token` makes one for a user of the "
+           "database). Comma-separated for rotation: the first signs, all verify. Empty: `python -m worker api` "
+           "refuses to start. See docs/api.md.", scope="api", secret=True),
+    Option("API_HOST", Pattern(r"[A-Za-z0-9.:\-]+", "a host name or IP address (letters, digits and .:-)",
+                               optional=False), "127.0.0.1",
+           "Address `python -m worker api` listens on (the image sets 0.0.0.0).", scope="api"),
+    Option("API_PORT", Integer(1, 65535), "8000", "Port `python -m worker api` listens on.", scope="api"),
 )
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

@@ -86,3 +86,6 @@ class Settings(SettingsBase):
     judge_timeout_seconds: int
     flower_basic_auth: str
     flower_unauthenticated: bool
+    api_token_secret: tuple[str, ...]
+    api_host: str
+    api_port: int

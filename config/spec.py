@@ -253,9 +253,10 @@ class Credentials(Parser):
 
 
 # Which process needs a variable. `app`: the Celery app and every producer (importing worker.app validates only
-# these); `worker`: the `celery worker` command line; `health`: the worker's health files; `flower`: Flower.
-# The launcher (`python -m config check`) validates all of them.
-SCOPES = ("app", "worker", "health", "flower")
+# these); `worker`: the `celery worker` command line; `health`: the worker's health files; `flower`: Flower;
+# `api`: the task and run API service (`python -m worker api`). The launcher (`python -m config check`) validates
+# all of them.
+SCOPES = ("app", "worker", "health", "flower", "api")
 
 
 @dataclass(frozen=True)

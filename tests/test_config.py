@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, load_settings, mask_url
-from config.options import OPTIONS, FernetKeys, KiBOrAuto, SigningKeys
+from config.options import OPTIONS, FernetKeys, KiBOrAuto, SigningKeys, TokenSecrets
 from config.spec import (
     Boolean,
     Choice,
@@ -145,11 +145,30 @@ REFUSED_BY = {
     WordList: " , ",
     Credentials: "user-without-password",
     SigningKeys: "short-key",
+    TokenSecrets: "change-me-" + "0" * 32,
     FernetKeys: "not-a-fernet-key",
 }
 # Free text has no value to refuse; CELERY_WORKER_OPTS is checked when split and parsed as celery's options
 # (tests/test_config_every_variable.py).
 FREE_TEXT = {"CELERY_WORKER_OPTS"}
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("change-me-" + "0" * 32, "key 1 is not a random key"),
+    ("replace_this_secret_" + "1" * 20, "key 1 is not a random key"),
+    ("a" * 64, "key 1 is not a random key"),
+    ("0123456789abcdef" * 2 + "," + "z" * 10, "key 2 is shorter than 32 characters"),
+])
+def test_api_token_secret_refuses_placeholders_and_short_keys(value: str, reason: str) -> None:
+    result = run_check({"API_TOKEN_SECRET": value})
+    assert result.returncode == 64 and f"API_TOKEN_SECRET=(hidden) {reason};" in result.stderr, result.stderr
+    assert value not in result.stderr
+
+
+def test_api_token_secret_takes_random_keys_for_rotation() -> None:
+    keys = ("9f2c1d7e4b8a6f3e0d5c2b9a8e7f6d5c", "Qm3x-Vt7_Lp2Zr9Kw4Hs8Jd6Fb1Ng5Yc")
+    settings = load_settings(environ={**NO_ENV_FILE, "API_TOKEN_SECRET": ",".join(keys)}, scopes=("api",))
+    assert settings.api_token_secret == keys
 
 
 def test_every_option_is_documented() -> None:

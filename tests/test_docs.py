@@ -80,6 +80,33 @@ def docs_worker(session_env: dict[str, str], run_dir: Path, client_app) -> Itera
     worker.stop()
 
 
+@pytest.fixture(scope="module")
+def docs_api(session_env: dict[str, str], run_dir: Path, client_app, migrated_database) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """What `. .run/api.env` gives a shell beside `make run`: the API's URL, a user's token and a configuration of
+    that user's organization, here against a worker, the API service and an endpoint server of the test."""
+    from tests.support.api_client import start_api_process
+    from tests.support.endpoint_server import EndpointServer
+    from tests.support.execution_data import ExecutionData
+    from tests.support.secret_watch import register_secret
+    from worker.api.tokens import mint
+
+    key = secrets.token_hex(32)
+    register_secret("API_TOKEN_SECRET of the docs tests", key)
+    env = {**session_env, "EXECUTION_ALLOW_PRIVATE_TARGETS": "yes", "API_TOKEN_SECRET": key}
+    data = ExecutionData(migrated_database.owner_url)
+    with EndpointServer() as endpoint:
+        configuration = data.configuration(endpoint.url + "/chat", 3)
+        worker = start_worker_process(env, run_dir, ping_app=client_app)
+        api = start_api_process(env, run_dir, free_port())
+        try:
+            yield {"API_URL": api.url, "API_TOKEN": mint((key,), configuration.organization_id, configuration.user_id),
+                   "CONFIGURATION_ID": configuration.configuration_id}
+        finally:
+            api.stop()
+            worker.stop()
+            data.close()
+
+
 def _shims(request: pytest.FixtureRequest, block: Block, tmp_path: Path, run_options: tuple[str, ...] = ()) -> Path:
     engine = None
     if uses(block.code, "docker"):
@@ -101,7 +128,8 @@ def test_documented_block_runs_as_written(block: Block, request: pytest.FixtureR
     if block.is_shell and block.option("needs") == "secrets":
         run_container_block(block, request, tmp_path)
     elif block.is_shell:
-        status, output = run_shell(block.code, ROOT, clean_environment(_shims(request, block, tmp_path)),
+        extra = request.getfixturevalue("docs_api") if block.option("needs") == "api" else {}
+        status, output = run_shell(block.code, ROOT, clean_environment(_shims(request, block, tmp_path), extra),
                                    tmp_path / "block.log", TIMEOUT)
         assert status == 0, f"{block.where} failed ({status}):\n{block.code}\n---\n{output[-4000:]}"
     else:

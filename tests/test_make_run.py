@@ -26,14 +26,14 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import ROOT
-from tests.support.secret_watch import register_url
+from tests.support.secret_watch import register_secret, register_url
 from worker.dev.environment import derive_result_backend
 from worker.dev.provision import drop_development_databases, read_development_states
 from worker.dev.services import LOCAL_HOST, free_port, port_open, start_redis
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 CONNECTION_VARIABLES = ("BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "MIGRATION_DATABASE_URL",
-                        "REDIS_KEY_PREFIX", "FLOWER_BASIC_AUTH", "ENABLE_FLOWER", "WORKER_DEV_EMBEDDED")
+                        "REDIS_KEY_PREFIX", "FLOWER_BASIC_AUTH", "ENABLE_FLOWER", "WORKER_DEV_EMBEDDED", "API_")
 
 
 def clean_environment() -> dict[str, str]:
@@ -75,6 +75,7 @@ def dev_run_dir(run_dir: Path) -> Iterator[Path]:
 def make_run_env(request: pytest.FixtureRequest, dev_run_dir: Path) -> Iterator[tuple[dict[str, str], list[str]]]:
     """(environment for make run, secrets that must never be printed)."""
     env = {**clean_environment(), "WORKER_DEV_RUN_DIR": str(dev_run_dir), "FLOWER_PORT": str(free_port()),
+           "API_PORT": str(free_port()),
            "ENV_FILE": "/nonexistent/.env", "CELERY_WORKER_HOSTNAME": f"makerun-{secrets.token_hex(3)}@%h"}
     if request.param == "embedded":
         env["WORKER_DEV_EMBEDDED"] = "1"
@@ -148,6 +149,24 @@ def test_make_run_starts_worker_and_flower_and_another_shell_can_send_a_task(
                                 text=True, timeout=60)
         assert readme.returncode == 0, readme.stderr
         assert json.loads(readme.stdout.strip().splitlines()[-1])["count"] >= 1, readme.stdout
+
+        # The API beside the worker: the printed curl executes the demo configuration and follows its run to the end.
+        api_env = tmp_path / "api.env"
+        assert stat.S_IMODE(api_env.stat().st_mode) == 0o600
+        token = re.search(r"^API_TOKEN=(\S+)$", api_env.read_text(), re.M).group(1)
+        register_secret("make run API token", token)
+        assert token not in output
+        assert http_get(f"http://127.0.0.1:{env['API_PORT']}/healthz")[0] == 200
+        curl_line = output.splitlines()[output.splitlines().index(
+            "Execute the demo configuration through the API and follow its run:") + 1].strip()
+        followed = subprocess.run(["bash", "-c", curl_line], cwd=ROOT, env=clean_environment(), capture_output=True,
+                                  text=True, timeout=120)
+        assert followed.returncode == 0, followed.stderr + followed.stdout
+        launched = json.loads(followed.stdout.splitlines()[0])
+        assert set(launched) == {"task_id", "test_run_id"}
+        assert "event: progress" in followed.stdout or followed.stdout.count("event: end") == 1
+        end = followed.stdout.split("event: end\ndata: ", 1)[1].splitlines()[0]
+        assert json.loads(end)["status"] == "completed" and json.loads(end)["done"] == 4, followed.stdout
 
         # The very first task is in Flower (it only knows tasks from their events).
         deadline = time.monotonic() + 15

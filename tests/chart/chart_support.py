@@ -88,6 +88,8 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
 # -- value sets shared by the matrix and the assertions ---------------------------------------------------------
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUTest\n-----END CERTIFICATE-----\n"
 
+API_TOKEN_SECRET = "3f6a1c0e9b8d7f2a4c5e6b1d0a9f8e7c"
+
 CHART_SECRET = {
     "brokerUrl": "rediss://:redis-pw@redis.data:6380/0",
     "resultBackend": "rediss://:redis-pw@redis.data:6380/1",
@@ -170,6 +172,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "no-migration-hostnetwork": {"migration": {"enabled": False}, "hostNetwork": True},
+    "api": {"secret": {**CHART_SECRET, "apiTokenSecret": API_TOKEN_SECRET, "tenantSigningKey": "s" * 40},
+            "api": {"enabled": True}},
+    "api-existing-secret-own-auth": {
+        "secret": {"existingSecret": "tenant-worker-env"},
+        "redisTls": {"ca": {"existingSecret": "redis-ca"}},
+        "api": {"enabled": True, "port": 9000, "replicas": 3, "authDependency": "backend.auth:current_user",
+                "service": {"type": "LoadBalancer", "port": 443, "annotations": {"cloud/internal": "true"}},
+                "env": [{"name": "HTTP_PROXY", "value": "http://proxy:3128"}], "podLabels": {"team": "qa"}},
+        "networkPolicy": {"enabled": True, "apiFrom": [{"podSelector": {"matchLabels": {"app": "backend"}}}]},
+    },
 }
 
 

@@ -45,6 +45,7 @@ PLAUSIBLE_SECRET_VALUES = {
     "DB_ENCRYPTION_KEY": "c3VwcGxpZWQtZmVybmV0LWtleS0zMi1ieXRlcy4uLi4=",  # base64 of 32 bytes
     "GEMINI_API_KEY": "supplied-gemini-key",
     "AZURE_OPENAI_API_KEY": "supplied-azure-key",
+    "API_TOKEN_SECRET": "supplied-api-token-key-of-at-least-32-characters",
 }
 PLAUSIBLE_OTHER_SECRET_VALUE = "supplied-api-key"  # model API keys (secret.extraKeys): the image does not read them
 # Content of a file mounted from an existing Secret/ConfigMap (CA bundle, client certificate or key). The image

@@ -144,6 +144,8 @@ OPTION_VALUES: dict[str, str | None] = {
     "WORKER_HEALTH_DIR": None,  # always the image's default (FIXED_ENV), on the /tmp emptyDir
     "ENABLE_FLOWER": None,  # always no (FIXED_ENV): Flower is its own Deployment
     "FLOWER_PORT": "/flower/port", "FLOWER_UNAUTHENTICATED": None,  # from flower.auth.type none
+    "API_TOKEN_SECRET": "/secret/apiTokenSecret", "API_PORT": "/api/port",
+    "API_HOST": None,  # all addresses of the API pod, set by its Deployment
 }
 
 
@@ -191,8 +193,9 @@ def test_every_image_option_is_bounded_by_the_schema(options: dict[str, Any]) ->
                         parser.parse(value)
                     assert not re.match(n["pattern"], value), (path, value)
             elif isinstance(parser, SigningKeys):
-                long_key, short_key = "k" * 32, "k" * 31
-                for value in ("", long_key, f"{long_key}, {'m' * 40}"):
+                # Random-looking keys: API_TOKEN_SECRET (TokenSecrets) also refuses keys like "kkk...".
+                long_key, short_key = "9f2c1d7e4b8a6f3e0d5c2b9a8e7f6d5c", "9f2c1d7e4b8a6f3e0d5c2b9a8e7f6d5"
+                for value in ("", long_key, f"{long_key}, {'Qm3xVt7Lp2Zr9Kw4Hs8Jd6Fb1Ng5Yc0aB7eR2'}"):
                     parser.parse(value)
                     assert re.match(n["pattern"], value), (path, value)
                 for value in (short_key, f"{long_key},{short_key}", f"{long_key},", "k k" + "k" * 32):

@@ -167,6 +167,36 @@ def test_flower_refuses_to_start_without_authentication(worker_env, command):
     assert "FLOWER_BASIC_AUTH" in lines[0] and "FLOWER_UNAUTHENTICATED=yes" in lines[0]
 
 
+def test_api_refuses_to_start_without_a_token_secret(worker_env):
+    done = run_entrypoint({**worker_env, "API_PORT": str(free_port())}, "api")
+    assert done.returncode == 64, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("configuration error: API_TOKEN_SECRET is empty"), done.stderr
+
+
+def test_api_serves_behind_tokens_is_healthy_and_stops_on_sigterm(worker_env, start_entrypoint):
+    import secrets as random
+
+    from tests.support.api_client import ApiClient
+    from tests.support.secret_watch import register_secret
+
+    key = random.token_hex(32)
+    register_secret("API_TOKEN_SECRET of the entrypoint test", key)
+    port = free_port()
+    entry = start_entrypoint({**worker_env, "API_TOKEN_SECRET": key, "API_PORT": str(port)}, "api")
+    wait_for(lambda: entry.proc.poll() is None and http_status(f"http://127.0.0.1:{port}/healthz") == 200, 60, 0.3,
+             "the API's /healthz")
+    answer = ApiClient(f"http://127.0.0.1:{port}").get("/test_runs/00000000-0000-0000-0000-000000000000")
+    assert answer.status == 401 and answer.json()["error"]["code"] == "unauthorized"
+    healthy = run_entrypoint({**worker_env, "API_PORT": "1"}, "healthcheck")  # the port it really listens on wins
+    assert (healthy.returncode, healthy.stdout.strip()) == (0, f"healthy: the API answers on port {port}")
+    entry.signal(signal.SIGTERM)
+    assert entry.wait(30) == 0, entry.log()[-3000:]
+    log = entry.log()
+    assert "setting API_TOKEN_SECRET=(set)" in log and key not in log
+    assert "Traceback" not in log and "Finished server process" in log
+
+
 def test_flower_beside_the_worker_answers_401_without_and_200_with_credentials(worker_env, start_entrypoint):
     port = free_port()
     entry = start_entrypoint({**worker_env, "ENABLE_FLOWER": "true", "FLOWER_PORT": str(port),

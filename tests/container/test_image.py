@@ -186,3 +186,37 @@ def test_image_refuses_a_bad_value_before_starting(start_container):
     wait_for(lambda: not container.running(), 60, 0.5, "the container to exit")
     assert container.inspect("{{.State.ExitCode}}") == "64"
     assert "CELERY_WORKER_POOL='eventlet'" in container.logs()
+
+
+def test_image_serves_the_api_behind_tokens_and_stops_cleanly(start_container, migrated_database):
+    from tests.support.api_client import ApiClient
+    from tests.support.execution_data import ExecutionData
+    from tests.support.secret_watch import register_secret
+    from worker.api.tokens import mint
+
+    key = secrets.token_hex(32)
+    register_secret("API_TOKEN_SECRET of the image test", key)
+    data = ExecutionData(migrated_database.owner_url)
+    try:
+        org, user = data.organization("image api")
+        port = free_port()
+        container = start_container({"API_TOKEN_SECRET": key, "API_PORT": str(port),
+                                     "DATABASE_URL": migrated_database.runtime_url}, command=("api",))
+        client = ApiClient(f"http://127.0.0.1:{port}")
+
+        def answers() -> bool:
+            assert container.running(), f"container exited:\n{container.logs()[-4000:]}"
+            return http_status(f"{client.base_url}/healthz") == 200
+
+        wait_for(answers, 90, 0.5, "the API in the container")
+        run = f"/test_runs/{uuid.uuid4()}"
+        assert client.get(run).status == 401
+        assert client.as_token(mint((key,), org, user)).get(run).json() == \
+            {"error": {"code": "not_found", "message": "not found"}}  # authenticated through the database
+        assert '"Status":"healthy"' in container.health().replace(" ", "")
+        container.run("stop", "--time", "30", container.name, timeout=90)
+        assert container.inspect("{{.State.ExitCode}}") == "0"
+        logs = container.logs()
+        assert "setting API_TOKEN_SECRET=(set)" in logs and key not in logs and "Traceback" not in logs
+    finally:
+        data.close()

@@ -8,6 +8,9 @@ separate the two:
     <!-- doctest: run needs=worker -->            a Python block that talks to a running worker
     <!-- doctest: run needs=secrets -->           a `docker run` block started in a directory whose secrets/
                                                   holds the test's Redis, PostgreSQL and CA
+    <!-- doctest: run needs=api -->               a shell block that talks to the API service (`python -m worker
+                                                  api`) of a running worker: API_URL, API_TOKEN and
+                                                  CONFIGURATION_ID are set, as `. .run/api.env` sets them
     <!-- doctest: run given=organization_id,user_id -->   a Python block that uses these names from its context
     <!-- doctest: dry-run -->                     like run, and `make` runs as `make -n` (targets that never end
                                                   or that run the whole suite)
@@ -28,7 +31,7 @@ SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "console"})
 PYTHON_LANGUAGES = frozenset({"python", "py"})
 COMMAND_LANGUAGES = SHELL_LANGUAGES | PYTHON_LANGUAGES
 MODES = ("run", "dry-run", "skip")
-OPTIONS = {"needs": {"worker", "secrets"}, "given": None}
+OPTIONS = {"needs": {"worker", "secrets", "api"}, "given": None}
 
 _MARKER = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>`{3,})(?P<lang>[^`\s]*)\s*$")
@@ -86,7 +89,8 @@ def parse_marker(body: str) -> Marker:
         key, sep, value = word.partition("=")
         allowed = OPTIONS.get(key, ())
         if not sep or key not in OPTIONS or (allowed is not None and value not in allowed):
-            raise ValueError(f"unknown doctest option {word!r}; allowed: needs=worker, needs=secrets, given=a,b")
+            raise ValueError(f"unknown doctest option {word!r}; allowed: needs=worker, needs=secrets, needs=api, "
+                             "given=a,b")
         options[key] = value
     return Marker(mode, options)
 
@@ -139,8 +143,8 @@ def marker_problems(blocks: list[Block]) -> list[str]:
                             "<!-- doctest: run --> (or dry-run), or <!-- doctest: skip: REASON -->")
         elif not block.is_command and block.marker is not None:
             problems.append(f"{block.where}: doctest marker on a {block.lang} block, which is never run")
-        elif block.marker and block.marker.options.get("needs") == "secrets" and not block.is_shell:
-            problems.append(f"{block.where}: needs=secrets is for shell blocks")
+        elif block.marker and block.marker.options.get("needs") in ("secrets", "api") and not block.is_shell:
+            problems.append(f"{block.where}: needs={block.marker.options['needs']} is for shell blocks")
     return problems
 
 

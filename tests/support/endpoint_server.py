@@ -2,7 +2,8 @@
 
 Routes:
   POST /chat            {"input", "test_id"} -> {"output": "echo: <input>", "meta": {...}}; configure() sets
-                        latency, failures (first n calls per test key), status and a fixed answer
+                        latency, failures (first n calls per test key), status and a fixed answer; between
+                        hold() and release() calls are counted, then wait
   GET  /text            text/plain answer
   GET  /huge?bytes=N    N bytes of JSON-ish filler, streamed without Content-Length (&length=1 to send it)
   ANY  /redirect?to=URL&status=302   a redirect to URL (any address)
@@ -44,6 +45,10 @@ class EndpointServer:
         self._valid_tokens: set[str] = set()
         self._failures: collections.Counter[str] = collections.Counter()
         self._unauthorized: set[str] = set()
+        # Set: calls go through; cleared by hold(). A threading.Event, waited for off the loop, since the test's
+        # thread flips it.
+        self._held = threading.Event()
+        self._held.set()
         self.configure()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -66,6 +71,13 @@ class EndpointServer:
         self.in_flight_max = 0
         self.first_call_at = None
 
+    def hold(self) -> None:
+        """From now on /chat calls wait (after being counted) until :meth:`release`."""
+        self._held.clear()
+
+    def release(self) -> None:
+        self._held.set()
+
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
@@ -84,6 +96,7 @@ class EndpointServer:
         return self
 
     def stop(self) -> None:
+        self._held.set()  # held calls wait in executor threads, which the interpreter joins at exit
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
@@ -151,6 +164,8 @@ class EndpointServer:
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
         try:
+            if not self._held.is_set():
+                await asyncio.get_running_loop().run_in_executor(None, self._held.wait)
             if self.latency:
                 await asyncio.sleep(self.latency)
         finally:

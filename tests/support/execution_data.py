@@ -94,6 +94,23 @@ class ExecutionData:
         with tenant_session(organization_id, engine=self.engine) as db:
             return db.get(TestRun, uuid.UUID(run_id))
 
+    def pre_created_run(self, configuration: Configuration, task_id: str) -> str:
+        """A queued run carrying ``task_id``, as the API's execute route writes it before publishing."""
+        run_id = uuid.uuid4()
+        with tenant_session(configuration.organization_id, engine=self.engine) as db:
+            db.add(TestRun(id=run_id, organization_id=uuid.UUID(configuration.organization_id),
+                           test_configuration_id=uuid.UUID(configuration.configuration_id), status="queued",
+                           task_id=task_id))
+        return str(run_id)
+
+    def runs(self, organization_id: str) -> list[TestRun]:
+        with tenant_session(organization_id, engine=self.engine) as db:
+            return list(db.scalars(select(TestRun)))
+
+    def run_count(self, organization_id: str) -> int:
+        with tenant_session(organization_id, engine=self.engine) as db:
+            return db.scalar(select(func.count()).select_from(TestRun)) or 0
+
     def results(self, organization_id: str, run_id: str) -> list[TestResult]:
         with tenant_session(organization_id, engine=self.engine) as db:
             return list(db.scalars(select(TestResult).where(TestResult.test_run_id == uuid.UUID(run_id))))

@@ -62,6 +62,12 @@ def fail_permanently(self: BaseTask) -> None:
     raise TaskConfigurationError("cannot be fixed by retrying")
 
 
+@shared_task(bind=True, base=BaseTask, name="tests.probe.fail_quoting", max_retries=0)
+def fail_quoting(self: BaseTask, text: str) -> None:
+    """Fails with an exception whose message quotes ``text`` (a driver error naming a password, say)."""
+    raise RuntimeError(f"could not connect to postgresql://app:{text}@db.internal/app")
+
+
 @shared_task(bind=True, base=BaseTask, name="tests.probe.errback")
 def errback(self: BaseTask, failed_task_id: str) -> dict[str, Any]:
     """A bound errback gets the failed task's id and is published as its own message (the path that drops headers)."""

@@ -35,7 +35,7 @@ MIN_SECRET_LENGTH = 8
 # The product's options that carry a secret (config/options.py, secret=True); also read from NAME_FILE.
 SECRET_OPTIONS = tuple(option.name for option in OPTIONS if option.secret)
 # Comma-separated lists of keys.
-KEY_LIST_OPTIONS = ("TENANT_SIGNING_KEY", "DB_ENCRYPTION_KEY")
+KEY_LIST_OPTIONS = ("TENANT_SIGNING_KEY", "DB_ENCRYPTION_KEY", "API_TOKEN_SECRET")
 
 
 @dataclass

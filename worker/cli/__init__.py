@@ -5,6 +5,7 @@ Settings:  ``check`` (validate, print masked), ``table`` / ``update-readme`` (th
 Launcher:  ``run`` (alias ``worker``; with ``ENABLE_FLOWER=yes`` also Flower), ``flower``: validate every setting,
            log them masked, then ``exec`` celery from PATH. ``drain`` (preStop), ``healthcheck [--ready]``.
 Database:  ``migrate``, ``demo-data``. Execution: ``sweep``. Producer: ``send``.
+API:       ``api`` (the task and run API service), ``api-token`` (a bearer token for it).
 
 A bad setting exits 64 (EX_USAGE) with one line ``configuration error: ...`` on stderr, before anything starts.
 Handlers import what they need when they run, so that ``healthcheck`` never loads Celery.
@@ -83,6 +84,16 @@ def build_parser(command: str | None = None, commands: Sequence[str] | None = No
     swept = add("sweep", "settle stalled test runs of every organization once", "execution_commands", "sweep")
     swept.add_argument("--stall-seconds", type=int, default=None,
                        help="a run untouched this long is stalled (default EXECUTION_STALL_SECONDS)")
+    api = add("api", "serve the task and run API (needs the api extra; docs/api.md)", "api_commands", "api")
+    api.add_argument("--host", default=None, help="address to listen on (default API_HOST)")
+    api.add_argument("--port", type=int, default=None, help="port to listen on (default API_PORT)")
+    api.add_argument("--auth", default=None, metavar="MODULE:NAME",
+                     help="a FastAPI dependency returning the current user, instead of the bearer tokens")
+    token = add("api-token", "print a bearer token of the API for a user of the database", "api_commands",
+                "api_token")
+    token.add_argument("--organization-id", required=True)
+    token.add_argument("--user-id", required=True)
+    token.add_argument("--lifetime", type=int, default=30 * 24 * 3600, help="seconds (default 30 days)")
     send = add("send", "enqueue a task for a tenant and print its result", "database_commands", "send")
     if command in (None, "send", "-h", "--help"):
         from worker.send import add_arguments  # imports the tenant code: only when send is asked for

@@ -82,6 +82,9 @@ def plan(environ: Mapping[str, str], run_dir: Path) -> DevEnvironment:
     generated_auth = not given("FLOWER_BASIC_AUTH")
     if generated_auth:
         env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+    # The API service `make run` starts beside the worker signs its tokens with this; a fresh random key unless given.
+    if not given("API_TOKEN_SECRET"):
+        env["API_TOKEN_SECRET"] = secrets.token_hex(32)
     default("ENABLE_FLOWER", "yes")
     default("CELERY_WORKER_CONCURRENCY", "2")
     # The demo endpoint (python -m worker demo-endpoint) listens on loopback, which production refuses.

@@ -1,10 +1,10 @@
-"""``python -m worker healthcheck [--ready]``: is this container's worker (or Flower) alive?
+"""``python -m worker healthcheck [--ready]``: is this container's worker (or Flower, or the API) alive?
 
 Cheap by design (it runs every few seconds under load and during broker outages): it reads the health files
-and, in a Flower container, asks Flower's ``/healthcheck`` on loopback. It never imports Celery and never talks
-to the broker. It reads ``WORKER_HEALTH_DIR``, ``WORKER_HEARTBEAT_MAX_AGE``, ``FLOWER_PORT`` and
-``FLOWER_URL_PREFIX`` from the environment only (not from a ``.env`` file); defaults and rules are those of
-``config/options.py``.
+and, in a Flower container, asks Flower's ``/healthcheck`` on loopback (in an API container the API's
+``/healthz``). It never imports Celery and never talks to the broker. It reads ``WORKER_HEALTH_DIR``,
+``WORKER_HEARTBEAT_MAX_AGE``, ``FLOWER_PORT``, ``FLOWER_URL_PREFIX`` and ``API_PORT`` from the environment only
+(not from a ``.env`` file); defaults and rules are those of ``config/options.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from worker.health.files import HEARTBEAT, READY, ROLE, HealthFiles
+from worker.health.files import API_PORT, HEARTBEAT, READY, ROLE, HealthFiles
 
 
 def _setting(name: str, environ: Mapping[str, str]) -> object:
@@ -34,6 +34,9 @@ def healthcheck(ready: bool = False, environ: Mapping[str, str] | None = None) -
         files = HealthFiles(str(_setting("WORKER_HEALTH_DIR", environ)))
         if files.read(ROLE) == "flower":
             return flower_healthcheck(int(_setting("FLOWER_PORT", environ)), environ.get("FLOWER_URL_PREFIX", ""))
+        if files.read(ROLE) == "api":
+            port = files.read(API_PORT)  # the port it really listens on (--port may differ from API_PORT)
+            return api_healthcheck(int(port) if port.isdigit() else int(_setting("API_PORT", environ)))
         max_age = int(_setting("WORKER_HEARTBEAT_MAX_AGE", environ))
     except ConfigError as exc:
         return 1, f"unhealthy: {exc}"
@@ -90,3 +93,18 @@ def flower_healthcheck(port: int, prefix: str = "", timeout: float = 5.0) -> tup
     if status == 200:
         return 0, f"healthy: Flower answers on port {port}"
     return 1, f"unhealthy: Flower's /healthcheck answered {status}"
+
+
+def api_healthcheck(port: int, timeout: float = 5.0) -> tuple[int, str]:
+    """The API service's ``/healthz`` on loopback (it answers without authentication and without the database)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", "/healthz")
+        status = connection.getresponse().status
+    except OSError:
+        return 1, f"unhealthy: the API does not accept connections on port {port}"
+    finally:
+        connection.close()
+    if status == 200:
+        return 0, f"healthy: the API answers on port {port}"
+    return 1, f"unhealthy: the API's /healthz answered {status}"

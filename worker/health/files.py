@@ -11,7 +11,8 @@ log = logging.getLogger("worker.health")
 HEARTBEAT = "heartbeat"  # rewritten while the consumer is alive; its mtime is the beat
 READY = "ready"  # exists while the worker consumes at least one queue
 NODE = "node"  # the node name, for drain
-ROLE = "role"  # what the container runs: "worker" (heartbeat) or "flower" (Flower's /healthcheck)
+ROLE = "role"  # what the container runs: "worker" (heartbeat), "flower" (Flower's /healthcheck) or "api" (/healthz)
+API_PORT = "api-port"  # the port the API listens on, for the healthcheck
 
 
 class HealthFiles:

@@ -300,6 +300,8 @@ NOT_IN_CONFIG: dict[str, str] = {
     "ENABLE_FLOWER": "fixed to no (FIXED): Flower runs as its own Deployment (flower.enabled)",
     "FLOWER_PORT": "flower.port, beside the Service and probes that use it",
     "FLOWER_UNAUTHENTICATED": "set by the Flower Deployment from flower.auth.type none",
+    "API_HOST": "set by the API Deployment (all addresses of its pod)",
+    "API_PORT": "api.port, beside the Service and probes that use it",
 }
 # Variables the chart sets itself in the ConfigMap, whatever the values say.
 FIXED: dict[str, str] = {
@@ -454,6 +456,8 @@ def secret_block() -> dict[str, Any]:
                                pattern=option_pattern("GEMINI_API_KEY")),
         "azureOpenaiApiKey": string("AZURE_OPENAI_API_KEY (LLM-judge metrics) for the chart-created Secret.",
                                     pattern=option_pattern("AZURE_OPENAI_API_KEY")),
+        "apiTokenSecret": signing_keys("API_TOKEN_SECRET for the chart-created Secret: comma-separated HMAC keys of "
+                                       "the API's bearer tokens, the first signs, all verify (api.enabled)."),
         "extra": string_map("Extra secret variables NAME: value for the chart-created Secret (model API keys such "
                             "as OPENAI_API_KEY); each reaches the workers as a variable.", False, ENV_NAME),
         "extraKeys": {"type": "array", "uniqueItems": True,
@@ -474,9 +478,10 @@ def secret_block() -> dict[str, Any]:
             "dbEncryptionKey": key_name("DB_ENCRYPTION_KEY (optional in the Secret)"),
             "geminiApiKey": key_name("GEMINI_API_KEY (optional in the Secret)"),
             "azureOpenaiApiKey": key_name("AZURE_OPENAI_API_KEY (optional in the Secret)"),
+            "apiTokenSecret": key_name("API_TOKEN_SECRET (needed with api.enabled, unless api.authDependency)"),
         }, required=["brokerUrl", "resultBackend", "databaseUrl", "migrationDatabaseUrl", "flowerBasicAuth",
                      "flowerOauth2Key", "flowerOauth2Secret", "flowerCookieSecret", "redisPassword",
-                     "tenantSigningKey", "dbEncryptionKey", "geminiApiKey", "azureOpenaiApiKey"]),
+                     "tenantSigningKey", "dbEncryptionKey", "geminiApiKey", "azureOpenaiApiKey", "apiTokenSecret"]),
     })
 
 
@@ -550,6 +555,32 @@ def flower_block() -> dict[str, Any]:
     })
 
 
+def api_block() -> dict[str, Any]:
+    return obj("The task and run API (docs/api.md): its own Deployment and Service running `entrypoint.sh api`.", {
+        "enabled": boolean("Run the API. Needs secret.apiTokenSecret (or API_TOKEN_SECRET in secret.existingSecret), "
+                           "or authDependency."),
+        "replicas": integer("API replicas (stateless).", 0, 100),
+        "port": option_int("API_PORT", "API_PORT: port the API listens on."),
+        "authDependency": string("MODULE:NAME of a FastAPI dependency in the image that returns the current user, "
+                                 "instead of the bearer tokens (`python -m worker api --auth`); empty: tokens.",
+                                 pattern=r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)?$"),
+        "resources": resources("API container resources."),
+        "nodeSelector": string_map("Node labels the API pods require."),
+        "tolerations": k8s_list("Tolerations of the API pods"),
+        "affinity": k8s_object("Affinity of the API pods"),
+        "podAnnotations": string_map("Extra annotations of the API pods."),
+        "podLabels": string_map("Extra labels of the API pods."),
+        "env": env_list("Extra environment variables (Kubernetes EnvVar objects) of the API container."),
+        "livenessProbe": probe("Liveness probe; default handler GET /healthz (no authentication, no database)."),
+        "readinessProbe": probe("Readiness probe; default handler GET /healthz."),
+        "service": obj("The API's Service.", {
+            "type": string("Service type.", enum=["ClusterIP", "NodePort", "LoadBalancer"]),
+            "port": integer("Service port.", 1, 65535),
+            "annotations": string_map("Service annotations."),
+        }),
+    })
+
+
 def keda_block() -> dict[str, Any]:
     return obj("Connection of KEDA's Redis scaler, shared by every pool with autoscaling.keda.enabled.", {
         "redis": obj("The broker Redis as KEDA sees it.", {
@@ -579,8 +610,8 @@ def network_policy_block() -> dict[str, Any]:
                       "items": {"type": "integer", "minimum": 1, "maximum": 65535}},
         })
 
-    return obj("NetworkPolicy: no ingress except to Flower from flowerFrom; egress to DNS, Redis and PostgreSQL "
-               "only (plus extraEgress).", {
+    return obj("NetworkPolicy: no ingress except to Flower from flowerFrom and to the API from apiFrom; egress to "
+               "DNS, Redis and PostgreSQL only (plus extraEgress).", {
                    "enabled": boolean("Render the NetworkPolicies."),
                    "dns": egress("Egress to DNS servers."),
                    "redis": egress("Egress to Redis."),
@@ -590,6 +621,8 @@ def network_policy_block() -> dict[str, Any]:
                    "flowerFrom": k8s_list("NetworkPolicyPeer entries allowed to reach Flower's port (UI, API, "
                                           "/metrics), e.g. the ingress controller and Prometheus; required with "
                                           "flower.ingress.enabled"),
+                   "apiFrom": k8s_list("NetworkPolicyPeer entries allowed to reach the API's port (its clients, "
+                                       "the ingress controller); required with api.enabled"),
                    "flowerOAuthEgress": egress("Egress of the Flower pods to the OAuth provider (HTTPS); rendered "
                                                "only with flower.auth.type oauth."),
                })
@@ -625,6 +658,7 @@ def schema() -> dict[str, Any]:
                     "items": worker_entry()},
         "keda": keda_block(),
         "flower": flower_block(),
+        "api": api_block(),
         "migration": migration_block(),
         "networkPolicy": network_policy_block(),
     })

@@ -55,6 +55,11 @@ tenant-worker/pool: {{ (index . 1).name }}
 app.kubernetes.io/component: flower
 {{- end -}}
 
+{{- define "tw.apiSelector" -}}
+{{ include "tw.selectorLabels" . }}
+app.kubernetes.io/component: api
+{{- end -}}
+
 {{- define "tw.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag -}}
 {{- if .Values.image.digest -}}
@@ -110,6 +115,9 @@ schema's (generated from config/options.py); the tw.validatePool.* helpers below
 {{- $deployments := dict -}}
 {{- if .Values.flower.enabled -}}
 {{- $_ := set $deployments (include "tw.componentName" (list $root "flower")) "Flower" -}}
+{{- end -}}
+{{- if .Values.api.enabled -}}
+{{- $_ := set $deployments (include "tw.componentName" (list $root "api")) "the API" -}}
 {{- end -}}
 {{- if not .Values.workers -}}
 {{- fail "workers is empty: the chart needs at least one worker pool, e.g. workers: [{name: default}]" -}}
@@ -308,7 +316,7 @@ variable as which type, the variables the chart fixes, every declared variable, 
 {{- if .Values.redisTls.ca.pem -}}ca.crt{{- else -}}{{ .Values.redisTls.ca.key }}{{- end -}}
 {{- end -}}
 
-{{/* Secret-backed env entries. tw.secretEnv (dict "root" $ "for" "worker"|"flower"|"migrate"). */}}
+{{/* Secret-backed env entries. tw.secretEnv (dict "root" $ "for" "worker"|"flower"|"api"|"migrate"). */}}
 {{- define "tw.secretEnv" -}}
 {{- $root := .root -}}
 {{- $s := $root.Values.secret -}}
@@ -336,6 +344,12 @@ variable as which type, the variables the chart fixes, every declared variable, 
 {{- range (concat (keys $s.extra) $s.extraKeys | uniq | sortAlpha) -}}
 {{- $entries = append $entries (list . . false) -}}
 {{- end -}}
+{{- end -}}
+{{- if eq .for "api" -}}
+{{- /* It publishes execute tasks: signed like every producer's when the workers verify. */ -}}
+{{- $entries = append $entries (list "TENANT_SIGNING_KEY" $s.keys.tenantSigningKey true) -}}
+{{- /* Optional only when another authentication (api.authDependency) replaces the tokens. */ -}}
+{{- $entries = append $entries (list "API_TOKEN_SECRET" $s.keys.apiTokenSecret (ne $root.Values.api.authDependency "")) -}}
 {{- end -}}
 {{- if eq .for "flower" -}}
 {{- $auth := $root.Values.flower.auth -}}
@@ -560,7 +574,7 @@ past the schema's bounds and the rules above, in some containers only.
 {{- $_ := include "tw.caSource" . -}}
 {{- $s := .Values.secret -}}
 {{- $f := .Values.flower -}}
-{{- $secretVars := list "BROKER_URL" "CELERY_RESULT_BACKEND" "DATABASE_URL" "MIGRATION_DATABASE_URL" "FLOWER_BASIC_AUTH" "FLOWER_OAUTH2_SECRET" "FLOWER_COOKIE_SECRET" "TENANT_SIGNING_KEY" -}}
+{{- $secretVars := list "BROKER_URL" "CELERY_RESULT_BACKEND" "DATABASE_URL" "MIGRATION_DATABASE_URL" "FLOWER_BASIC_AUTH" "FLOWER_OAUTH2_SECRET" "FLOWER_COOKIE_SECRET" "TENANT_SIGNING_KEY" "API_TOKEN_SECRET" -}}
 {{- range $k, $_ := .Values.config.extra -}}
 {{- if or (has $k $secretVars) (hasSuffix "_FILE" $k) -}}
 {{- fail (printf "config.extra.%s: secret settings do not belong in the ConfigMap; put them into the Secret (secret.* or secret.existingSecret)" $k) -}}
@@ -593,7 +607,14 @@ past the schema's bounds and the rules above, in some containers only.
 {{- if and .Values.networkPolicy.enabled $f.enabled $f.ingress.enabled (not .Values.networkPolicy.flowerFrom) -}}
 {{- fail "networkPolicy.enabled with flower.ingress.enabled: networkPolicy.flowerFrom is empty, so Flower's NetworkPolicy admits nobody and the ingress controller cannot reach Flower. Set networkPolicy.flowerFrom to the ingress controller's pods, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]" -}}
 {{- end -}}
-{{- if and $s.existingSecret (or $s.brokerUrl $s.resultBackend $s.databaseUrl $s.migrationDatabaseUrl $s.flowerBasicAuth $s.flowerOauth2Key $s.flowerOauth2Secret $s.flowerCookieSecret $s.redisPassword $s.tenantSigningKey $s.extra) -}}
+{{- $a := .Values.api -}}
+{{- if and $a.enabled (not $a.authDependency) (not $s.existingSecret) (not $s.apiTokenSecret) -}}
+{{- fail "api.enabled needs authentication: set secret.apiTokenSecret (random keys of at least 32 characters, `openssl rand -hex 32`), or put API_TOKEN_SECRET in secret.existingSecret, or set api.authDependency to a FastAPI dependency of your own (the API has no unauthenticated mode)" -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.enabled $a.enabled (not .Values.networkPolicy.apiFrom) -}}
+{{- fail "networkPolicy.enabled with api.enabled: networkPolicy.apiFrom is empty, so the API's NetworkPolicy admits nobody. Set networkPolicy.apiFrom to its clients' pods, e.g. [{podSelector: {matchLabels: {app: backend}}}]" -}}
+{{- end -}}
+{{- if and $s.existingSecret (or $s.brokerUrl $s.resultBackend $s.databaseUrl $s.migrationDatabaseUrl $s.flowerBasicAuth $s.flowerOauth2Key $s.flowerOauth2Secret $s.flowerCookieSecret $s.redisPassword $s.tenantSigningKey $s.apiTokenSecret $s.extra) -}}
 {{- fail "secret.existingSecret is set together with secret values (brokerUrl, databaseUrl, extra, ...): those would be ignored. Put them into the existing Secret, or leave existingSecret empty" -}}
 {{- end -}}
 {{- include "tw.validateValues" . -}}
