@@ -216,6 +216,34 @@ def test_stuck_leaves_a_started_task_younger_than_the_threshold(session_env, cli
     assert status == 0 and young not in output, output
 
 
+def test_stuck_lists_a_stalled_run_and_fix_settles_it_like_the_sweeper(session_env, migrated_database) -> None:
+    from datetime import UTC, datetime
+
+    from tests.support.execution_data import ExecutionData
+    from worker.db.models import TestRun
+    from worker.db.session import tenant_session
+
+    data = ExecutionData(migrated_database.owner_url)
+    try:
+        configuration = data.configuration("http://127.0.0.1:9/chat", 2)
+        org, run_id = configuration.organization_id, str(uuid.uuid4())
+        # A run cancelled while its worker vanished: nothing will ever close it but the sweeper.
+        with tenant_session(org, configuration.user_id, engine=data.engine) as db:
+            db.add(TestRun(id=uuid.UUID(run_id), organization_id=uuid.UUID(org), status="running",
+                           test_configuration_id=uuid.UUID(configuration.configuration_id),
+                           cancel_requested_at=datetime.now(UTC)))
+        args = ("stuck", "--older-than", "999999", "--stall-seconds", "0")
+        status, output = run_cli(session_env, *args)
+        assert status == 0 and f"run id={run_id} organization_id={org}" in output, output
+        assert data.run(org, run_id).status == "running"
+
+        status, output = run_cli(session_env, *args, "--fix", "--yes")
+        assert status == 0 and f"fixed run id={run_id} closed status=cancelled" in output, output
+        assert data.run(org, run_id).status == "cancelled"
+    finally:
+        data.close()
+
+
 # -- revoke, and the image's entrypoint --------------------------------------------------------------------------
 
 def test_revoke_terminate_stops_a_task_in_prefork(session_env, client_app, prefork_worker) -> None:
