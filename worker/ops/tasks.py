@@ -188,8 +188,8 @@ def revoke(app: Any, task_id: str, terminate: bool, timeout: float = 1.0) -> tup
         elif pool in CANNOT_TERMINATE:
             unkillable = True
             lines.append(f"cannot terminate id={task_id} worker={node} pool={pool}: Celery cannot stop a running "
-                         f"task in the {pool} pool; it runs to its end (or to TASK_TIME_LIMIT), its result shows REVOKED "
-                         "until then")
+                         f"task in the {pool} pool; it runs to its end (or to TASK_TIME_LIMIT), its result shows "
+                         "REVOKED until then")
         else:
             lines.append(f"terminated id={task_id} worker={node} pool={pool} (SIGTERM to its process)")
     return lines, unkillable
