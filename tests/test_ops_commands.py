@@ -127,6 +127,31 @@ def test_doctor_json_says_what_the_lines_say(session_env, prefork_worker) -> Non
     assert [c["check"] for c in report["checks"] if c["status"] == "failed"] == ["broker"]
 
 
+def test_doctor_fails_tls_without_verification_and_a_broker_with_a_foreign_ca(session_env, run_dir,
+                                                                              tmp_path) -> None:
+    from tests.support.tls import make_pki, start_tls_redis_or_skip
+
+    pki = make_pki(tmp_path / "pki")
+    url, proc = start_tls_redis_or_skip(run_dir, pki)
+    try:
+        env = {**session_env, "BROKER_URL": f"{url}/0", "REDIS_SSL_CA_CERTS": str(pki.ca_cert)}
+        found = statuses(run_cli(env, "doctor")[1])
+        assert (found["broker"], found["tls.broker"]) == ("ok", "ok"), found
+
+        status, output = run_cli({**env, "REDIS_SSL_CERT_REQS": "none"}, "doctor")
+        found = statuses(output)
+        assert status == 1 and (found["broker"], found["tls.broker"]) == ("ok", "failed"), output
+        assert found["tls.result-backend"] == "ok", output  # plain redis://: nothing to verify
+
+        status, output = run_cli({**env, "REDIS_SSL_CA_CERTS": str(pki.other_ca_cert)}, "doctor")
+        found = statuses(output)
+        assert status == 1 and (found["broker"], found["tls.broker"]) == ("failed", "ok"), output
+        assert "certificate verify failed" in output, output
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 # -- queues and purge ------------------------------------------------------------------------------------------
 
 def test_queues_counts_priority_sub_queues_and_the_messages_workers_hold(session_env, client_app, broker,

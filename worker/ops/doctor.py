@@ -134,7 +134,9 @@ def _database_checks(settings: Any) -> list[Check]:
         if not checks:
             return [Check("database", FAILED, f"{mask_url(settings.database_url)}: {_one_line(exc)}",
                           "check DATABASE_URL and that PostgreSQL runs and is reachable"),
-                    Check("runtime-role", SKIPPED, "no database"), Check("migration", SKIPPED, "no database")]
+                    Check("runtime-role", SKIPPED, "no database"),
+                    *(Check(f"rls.{table}", SKIPPED, "no database") for table in RLS_TABLES),
+                    Check("migration", SKIPPED, "no database")]
         checks.append(Check("database.catalog", FAILED, _one_line(exc), "see the message"))
     finally:
         engine.dispose()
