@@ -109,6 +109,41 @@ def test_doctor_fails_exactly_the_rls_check_of_a_table_without_force(session_env
     assert "FORCE ROW LEVEL SECURITY" in next(line for line in output.splitlines() if "rls.test_run" in line)
 
 
+def test_doctor_fails_exactly_the_role_check_or_the_migration_check(session_env, prefork_worker, pg_admin_url,
+                                                                     scratch_database) -> None:
+    env = {**session_env, "DATABASE_URL": scratch_database.runtime_url,
+           "MIGRATION_DATABASE_URL": scratch_database.owner_url}
+    runtime = make_url(scratch_database.runtime_url).username
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER ROLE "{runtime}" BYPASSRLS'))
+        status, output = run_cli(env, "doctor")
+        assert status == 1, output
+        assert {name for name, state in statuses(output).items() if state != "ok"} == {"runtime-role"}, output
+        assert "BYPASSRLS" in output, output
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER ROLE "{runtime}" NOBYPASSRLS'))
+    finally:
+        admin.dispose()
+
+    from alembic.script import ScriptDirectory
+
+    from worker.db.migrate import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    previous = script.get_revision(head).down_revision
+    owner = create_engine(scratch_database.owner_url)
+    with owner.begin() as connection:  # as if the code were upgraded and migrate not run yet
+        connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": previous})
+    owner.dispose()
+    status, output = run_cli(env, "doctor")
+    assert status == 1, output
+    assert {name for name, state in statuses(output).items() if state != "ok"} == {"migration"}, output
+    assert f"database at {previous}, code at {head}" in output, output
+
+
 def test_doctor_fails_exactly_the_broker_check_with_a_wrong_broker_url(session_env, prefork_worker) -> None:
     status, output = run_cli({**session_env, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}, "doctor")
     found = statuses(output)
