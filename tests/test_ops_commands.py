@@ -82,7 +82,7 @@ def active_on(client_app, task_id: str) -> bool:  # type: ignore[no-untyped-def]
 
 def test_doctor_passes_every_check_of_a_healthy_deployment_and_shows_no_secret(session_env, prefork_worker,
                                                                                migrated_database) -> None:
-    status, output = run_cli(session_env, "doctor")
+    status, output = run_cli(session_env, "doctor", "--timeout", "3")
     found = statuses(output)
     assert status == 0, output
     assert set(found.values()) == {"ok"}, output
@@ -103,7 +103,7 @@ def test_doctor_fails_exactly_the_rls_check_of_a_table_without_force(session_env
     owner.dispose()
     env = {**session_env, "DATABASE_URL": scratch_database.runtime_url,
            "MIGRATION_DATABASE_URL": scratch_database.owner_url}
-    status, output = run_cli(env, "doctor")
+    status, output = run_cli(env, "doctor", "--timeout", "3")
     assert status == 1, output
     assert {name for name, state in statuses(output).items() if state != "ok"} == {"rls.test_run"}, output
     assert "FORCE ROW LEVEL SECURITY" in next(line for line in output.splitlines() if "rls.test_run" in line)
@@ -118,7 +118,7 @@ def test_doctor_fails_exactly_the_role_check_or_the_migration_check(session_env,
     try:
         with admin.connect() as connection:
             connection.execute(text(f'ALTER ROLE "{runtime}" BYPASSRLS'))
-        status, output = run_cli(env, "doctor")
+        status, output = run_cli(env, "doctor", "--timeout", "3")
         assert status == 1, output
         assert {name for name, state in statuses(output).items() if state != "ok"} == {"runtime-role"}, output
         assert "BYPASSRLS" in output, output
@@ -138,14 +138,15 @@ def test_doctor_fails_exactly_the_role_check_or_the_migration_check(session_env,
     with owner.begin() as connection:  # as if the code were upgraded and migrate not run yet
         connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": previous})
     owner.dispose()
-    status, output = run_cli(env, "doctor")
+    status, output = run_cli(env, "doctor", "--timeout", "3")
     assert status == 1, output
     assert {name for name, state in statuses(output).items() if state != "ok"} == {"migration"}, output
     assert f"database at {previous}, code at {head}" in output, output
 
 
 def test_doctor_fails_exactly_the_broker_check_with_a_wrong_broker_url(session_env, prefork_worker) -> None:
-    status, output = run_cli({**session_env, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}, "doctor")
+    env = {**session_env, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    status, output = run_cli(env, "doctor", "--timeout", "3")
     found = statuses(output)
     assert status == 1, output
     assert {name for name, state in found.items() if state == "failed"} == {"broker"}, output
@@ -156,7 +157,7 @@ def test_doctor_json_says_what_the_lines_say(session_env, prefork_worker) -> Non
     import json
 
     status, output = run_cli({**session_env, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}, "doctor",
-                             "--json")
+                             "--json", "--timeout", "3")
     report = json.loads(output)
     assert status == 1 and report["ok"] is False
     assert [c["check"] for c in report["checks"] if c["status"] == "failed"] == ["broker"]
@@ -170,15 +171,16 @@ def test_doctor_fails_tls_without_verification_and_a_broker_with_a_foreign_ca(se
     url, proc = start_tls_redis_or_skip(run_dir, pki)
     try:
         env = {**session_env, "BROKER_URL": f"{url}/0", "REDIS_SSL_CA_CERTS": str(pki.ca_cert)}
-        found = statuses(run_cli(env, "doctor")[1])
+        found = statuses(run_cli(env, "doctor", "--timeout", "3")[1])
         assert (found["broker"], found["tls.broker"]) == ("ok", "ok"), found
 
-        status, output = run_cli({**env, "REDIS_SSL_CERT_REQS": "none"}, "doctor")
+        status, output = run_cli({**env, "REDIS_SSL_CERT_REQS": "none"}, "doctor", "--timeout", "3")
         found = statuses(output)
         assert status == 1 and (found["broker"], found["tls.broker"]) == ("ok", "failed"), output
         assert found["tls.result-backend"] == "ok", output  # plain redis://: nothing to verify
 
-        status, output = run_cli({**env, "REDIS_SSL_CA_CERTS": str(pki.other_ca_cert)}, "doctor")
+        foreign = {**env, "REDIS_SSL_CA_CERTS": str(pki.other_ca_cert)}
+        status, output = run_cli(foreign, "doctor", "--timeout", "3")
         found = statuses(output)
         assert status == 1 and (found["broker"], found["tls.broker"]) == ("failed", "ok"), output
         assert "certificate verify failed" in output, output
@@ -334,3 +336,11 @@ def test_revoke_terminate_says_plainly_that_the_threads_pool_cannot(session_env,
     # It runs to its end: its SUCCESS replaces the REVOKED that every revoke writes at once.
     wait_for(lambda: client_app.backend._get_task_meta_for(result.id)["status"] == "SUCCESS", timeout=60,
              what="the task finishing")
+
+
+def test_commands_answer_in_one_line_when_the_broker_is_down(session_env) -> None:
+    env = {**session_env, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    for args in (("queues",), ("inspect",), ("purge", "celery", "--yes")):
+        status, output = run_cli(env, *args)
+        assert status == 1 and output.strip() == output.strip().splitlines()[0], output
+        assert output.startswith(f"{args[0]}: broker unavailable: "), output

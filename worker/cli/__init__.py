@@ -101,7 +101,7 @@ def _add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     doctor = add("doctor", "check settings, Redis, TLS, database, RLS, migration and consumers; exit 1 on a "
                  "failure", "ops_commands", "doctor")
     doctor.add_argument("--json", action="store_true")
-    timeout(doctor)
+    timeout(doctor, 2.0)
     queues = add("queues", "depth of every queue (priorities included), unacknowledged messages, oldest age",
                  "ops_commands", "queues")
     queues.add_argument("--json", action="store_true")

@@ -47,7 +47,7 @@ def _redis_ping(url: str, ssl_options: dict | None) -> None:
         client.close()
 
 
-def run_checks(queue_timeout: float = 1.0) -> list[Check]:
+def run_checks(queue_timeout: float = 2.0) -> list[Check]:
     from config import ConfigError, load_settings, mask_url
 
     checks: list[Check] = []
@@ -185,7 +185,7 @@ def _queue_checks(settings: Any, broker_up: bool, timeout: float) -> list[Check]
             for queue in queues]
 
 
-def doctor(emit: Callable[[Check], None], queue_timeout: float = 1.0) -> int:
+def doctor(emit: Callable[[Check], None], queue_timeout: float = 2.0) -> int:
     checks = run_checks(queue_timeout)
     for check in checks:
         emit(check)
