@@ -128,7 +128,13 @@ def test_documented_block_runs_as_written(block: Block, request: pytest.FixtureR
     if block.is_shell and block.option("needs") == "secrets":
         run_container_block(block, request, tmp_path)
     elif block.is_shell:
-        extra = request.getfixturevalue("docs_api") if block.option("needs") == "api" else {}
+        extra: dict[str, str] = {}
+        if block.option("needs") == "api":
+            extra = request.getfixturevalue("docs_api")
+        elif block.option("needs") == "worker":
+            # The on-call commands (docs/troubleshooting.md) read the deployment's settings: this session's.
+            request.getfixturevalue("docs_worker")
+            extra = request.getfixturevalue("session_env")
         status, output = run_shell(block.code, ROOT, clean_environment(_shims(request, block, tmp_path), extra),
                                    tmp_path / "block.log", TIMEOUT)
         assert status == 0, f"{block.where} failed ({status}):\n{block.code}\n---\n{output[-4000:]}"

@@ -13,6 +13,7 @@ from config import ConfigError, Settings
 from worker import logging_context, tenant  # noqa: F401 - connects the logging and propagation signals
 from worker.celeryconfig import build_celery_config, redis_endpoints
 from worker.health.bootsteps import install_health_checks
+from worker.ops import control as _ops_control  # noqa: F401 - the tenant_tasks inspection (python -m worker inspect)
 from worker.redis_tls import warn_if_unverified
 from worker.settings import APP_SCOPE, get_settings
 from worker.tenant import lifecycle, propagation  # noqa: F401 - task_prerun/postrun and before_task_publish handlers

@@ -5,7 +5,9 @@ separate the two:
 
     <!-- doctest: run -->                         run as written (see tests/test_docs.py for what stands in
                                                   for docker, helm and kubectl on this machine)
-    <!-- doctest: run needs=worker -->            a Python block that talks to a running worker
+    <!-- doctest: run needs=worker -->            a Python block that talks to a running worker; a shell block
+                                                  that runs with the test session's settings (BROKER_URL,
+                                                  DATABASE_URL, ...) beside a running worker
     <!-- doctest: run needs=secrets -->           a `docker run` block started in a directory whose secrets/
                                                   holds the test's Redis, PostgreSQL and CA
     <!-- doctest: run needs=api -->               a shell block that talks to the API service (`python -m worker

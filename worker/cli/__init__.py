@@ -6,6 +6,7 @@ Launcher:  ``run`` (alias ``worker``; with ``ENABLE_FLOWER=yes`` also Flower), `
            log them masked, then ``exec`` celery from PATH. ``drain`` (preStop), ``healthcheck [--ready]``.
 Database:  ``migrate``, ``demo-data``. Execution: ``sweep``. Producer: ``send``.
 API:       ``api`` (the task and run API service), ``api-token`` (a bearer token for it).
+On call:   ``doctor``, ``queues``, ``stuck``, ``revoke``, ``purge``, ``inspect`` (docs/troubleshooting.md).
 
 A bad setting exits 64 (EX_USAGE) with one line ``configuration error: ...`` on stderr, before anything starts.
 Handlers import what they need when they run, so that ``healthcheck`` never loads Celery.
@@ -94,12 +95,48 @@ def build_parser(command: str | None = None, commands: Sequence[str] | None = No
     token.add_argument("--organization-id", required=True)
     token.add_argument("--user-id", required=True)
     token.add_argument("--lifetime", type=int, default=30 * 24 * 3600, help="seconds (default 30 days)")
+    _add_ops_commands(add)
     send = add("send", "enqueue a task for a tenant and print its result", "database_commands", "send")
     if command in (None, "send", "-h", "--help"):
         from worker.send import add_arguments  # imports the tenant code: only when send is asked for
 
         add_arguments(send)
     return parser
+
+
+def _add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    def timeout(parser: argparse.ArgumentParser, default: float = 1.0) -> None:
+        parser.add_argument("--timeout", type=float, default=default,
+                            help=f"seconds to wait for workers' answers (default {default:g})")
+
+    doctor = add("doctor", "check settings, Redis, TLS, database, RLS, migration and consumers; exit 1 on a "
+                 "failure", "ops_commands", "doctor")
+    doctor.add_argument("--json", action="store_true")
+    timeout(doctor, 2.0)
+    queues = add("queues", "depth of every queue (priorities included), unacknowledged messages, oldest age",
+                 "ops_commands", "queues")
+    queues.add_argument("--json", action="store_true")
+    stuck = add("stuck", "STARTED tasks older than a threshold, stalled runs, pending chord_unlock tasks",
+                "ops_commands", "stuck")
+    stuck.add_argument("--older-than", type=int, default=None, metavar="SECONDS",
+                       help="a STARTED task older than this is stuck (default TASK_TIME_LIMIT)")
+    stuck.add_argument("--stall-seconds", type=int, default=None,
+                       help="a run untouched this long is stalled (default EXECUTION_STALL_SECONDS)")
+    stuck.add_argument("--fix", action="store_true", help="revoke stuck tasks and settle stalled runs (asks first)")
+    stuck.add_argument("--yes", action="store_true", help="with --fix: do not ask")
+    stuck.add_argument("--json", action="store_true")
+    timeout(stuck)
+    revoke = add("revoke", "revoke a task; --terminate stops it where the pool can", "ops_commands", "revoke")
+    revoke.add_argument("task_id")
+    revoke.add_argument("--terminate", action="store_true", help="also stop it if running (prefork, solo only)")
+    timeout(revoke)
+    purge = add("purge", "delete every waiting message of a queue (asks first)", "ops_commands", "purge")
+    purge.add_argument("queue")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    inspect = add("inspect", "active, reserved and scheduled tasks per worker, with their tenant", "ops_commands",
+                  "inspect")
+    inspect.add_argument("--json", action="store_true")
+    timeout(inspect)
 
 
 def main(argv: Sequence[str] | None = None, commands: Sequence[str] | None = None,

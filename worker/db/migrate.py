@@ -186,47 +186,62 @@ def verify_row_security(connection: Connection, runtime: str | None) -> None:
     """Every model table has RLS, FORCE and only the tenant policy; the runtime role has exactly its grants."""
     problems: list[str] = []
     for table in RLS_TABLES:
-        column = "id" if table == "organization" else "organization_id"
-        flags = connection.execute(text(
-            "select c.relrowsecurity, c.relforcerowsecurity from pg_class c "
-            "join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relname = :t"),
-            {"t": table}).first()
-        if flags is None:
-            problems.append(f"table {table} is missing")
-            continue
-        if not flags.relrowsecurity or not flags.relforcerowsecurity:
-            problems.append(f"table {table} lacks ENABLE and FORCE ROW LEVEL SECURITY")
-        # PostgreSQL stores the expression deparsed; this is its deparsed form of CURRENT_ORG_SQL.
-        expected = _normalize(f"({column} = ( select tenant_guard.current_organization() as current_organization))")
-        policies = connection.execute(text(
-            "select policyname, permissive, cmd, qual, with_check from pg_policies "
-            "where schemaname = 'public' and tablename = :t"), {"t": table}).all()
-        if not policies:
-            problems.append(f"table {table} has no row-level security policy")
-        for policy in policies:
-            if policy.permissive != "PERMISSIVE":
-                continue  # a restrictive policy can only narrow what the tenant policy allows
-            # Permissive policies are OR-ed: one looser expression (say "or the setting is empty") widens all.
-            using_ok = policy.cmd == "INSERT" or _normalize(policy.qual) == expected
-            check = policy.with_check if policy.with_check is not None else policy.qual
-            check_ok = policy.cmd in ("SELECT", "DELETE") or _normalize(check) == expected
-            if not (using_ok and check_ok):
-                problems.append(f"policy {policy.policyname} on {table} is not the tenant policy "
-                                f"(USING {policy.qual}; WITH CHECK {policy.with_check})")
-        if runtime is not None:
-            wanted = set(RUNTIME_TABLE_PRIVILEGES[table])
-            held = {p for p in _ALL_TABLE_PRIVILEGES if connection.execute(
-                text("select has_table_privilege(:r, :t, :p)"), {"r": runtime, "t": f'public."{table}"', "p": p},
-            ).scalar()}
-            if held != wanted:
-                problems.append(f"runtime role {runtime} holds {sorted(held)} on {table}, expected {sorted(wanted)}")
-    if runtime is not None and connection.execute(
-            text("select has_schema_privilege(:r, 'public', 'CREATE')"), {"r": runtime}).scalar():
-        problems.append(f"runtime role {runtime} may CREATE in schema public (granted by someone else?)")
+        problems += table_row_security_problems(connection, table)
     if runtime is not None:
-        problems += _session_state_problems(connection, runtime)
+        problems += runtime_rights_problems(connection, runtime)
     if problems:
         raise MigrationError("row-level security check failed:\n  " + "\n  ".join(problems))
+
+
+def table_row_security_problems(connection: Connection, table: str) -> list[str]:
+    """ENABLE and FORCE row-level security and only the tenant policy on ``table`` (``python -m worker doctor``
+    reports each table on its own line)."""
+    problems: list[str] = []
+    column = "id" if table == "organization" else "organization_id"
+    flags = connection.execute(text(
+        "select c.relrowsecurity, c.relforcerowsecurity from pg_class c "
+        "join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relname = :t"),
+        {"t": table}).first()
+    if flags is None:
+        return [f"table {table} is missing"]
+    if not flags.relrowsecurity or not flags.relforcerowsecurity:
+        problems.append(f"table {table} lacks ENABLE and FORCE ROW LEVEL SECURITY")
+    # PostgreSQL stores the expression deparsed; this is its deparsed form of CURRENT_ORG_SQL.
+    expected = _normalize(f"({column} = ( select tenant_guard.current_organization() as current_organization))")
+    policies = connection.execute(text(
+        "select policyname, permissive, cmd, qual, with_check from pg_policies "
+        "where schemaname = 'public' and tablename = :t"), {"t": table}).all()
+    if not policies:
+        problems.append(f"table {table} has no row-level security policy")
+    for policy in policies:
+        if policy.permissive != "PERMISSIVE":
+            continue  # a restrictive policy can only narrow what the tenant policy allows
+        # Permissive policies are OR-ed: one looser expression (say "or the setting is empty") widens all.
+        using_ok = policy.cmd == "INSERT" or _normalize(policy.qual) == expected
+        check = policy.with_check if policy.with_check is not None else policy.qual
+        check_ok = policy.cmd in ("SELECT", "DELETE") or _normalize(check) == expected
+        if not (using_ok and check_ok):
+            problems.append(f"policy {policy.policyname} on {table} is not the tenant policy "
+                            f"(USING {policy.qual}; WITH CHECK {policy.with_check})")
+    return problems
+
+
+def runtime_rights_problems(connection: Connection, runtime: str) -> list[str]:
+    """The runtime role holds exactly its table grants, cannot create in public, and cannot touch session state
+    or the tenant keys."""
+    problems: list[str] = []
+    for table in RLS_TABLES:
+        if connection.execute(text("select to_regclass(:t)"), {"t": f'public."{table}"'}).scalar() is None:
+            continue  # reported as missing by table_row_security_problems
+        wanted = set(RUNTIME_TABLE_PRIVILEGES[table])
+        held = {p for p in _ALL_TABLE_PRIVILEGES if connection.execute(
+            text("select has_table_privilege(:r, :t, :p)"), {"r": runtime, "t": f'public."{table}"', "p": p},
+        ).scalar()}
+        if held != wanted:
+            problems.append(f"runtime role {runtime} holds {sorted(held)} on {table}, expected {sorted(wanted)}")
+    if connection.execute(text("select has_schema_privilege(:r, 'public', 'CREATE')"), {"r": runtime}).scalar():
+        problems.append(f"runtime role {runtime} may CREATE in schema public (granted by someone else?)")
+    return problems + _session_state_problems(connection, runtime)
 
 
 def _session_state_problems(connection: Connection, runtime: str) -> list[str]:
