@@ -587,6 +587,8 @@ def network_policy_block() -> dict[str, Any]:
                    "flowerFrom": k8s_list("NetworkPolicyPeer entries allowed to reach Flower's port (UI, API, "
                                           "/metrics), e.g. the ingress controller and Prometheus; required with "
                                           "flower.ingress.enabled"),
+                   "metricsFrom": k8s_list("NetworkPolicyPeer entries allowed to reach the workers' /metrics port "
+                                           "(config.metricsPort), e.g. Prometheus"),
                    "flowerOAuthEgress": egress("Egress of the Flower pods to the OAuth provider (HTTPS); rendered "
                                                "only with flower.auth.type oauth."),
                })
@@ -622,6 +624,14 @@ def schema() -> dict[str, Any]:
                     "items": worker_entry()},
         "keda": keda_block(),
         "flower": flower_block(),
+        "metrics": obj("Scraping the workers' /metrics (served when config.metricsPort is above 0).", {
+            "serviceMonitor": obj("A Prometheus Operator ServiceMonitor for the metrics Service.", {
+                "enabled": boolean("Render the ServiceMonitor; needs config.metricsPort above 0."),
+                "interval": string("Scrape interval.", pattern=r"^[0-9]+(ms|s|m|h)$"),
+                "scrapeTimeout": string("Scrape timeout.", pattern=r"^[0-9]+(ms|s|m|h)$"),
+                "labels": string_map("Labels of the ServiceMonitor (the Prometheus Operator selects by them)."),
+            }),
+        }),
         "migration": migration_block(),
         "networkPolicy": network_policy_block(),
     })
