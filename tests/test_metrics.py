@@ -8,7 +8,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.test_grafana_dashboard import exported_name
 from worker.dev.services import free_port
+from worker.observability import METRIC_NAMES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,6 +78,10 @@ def test_task_counters_runtime_retries_and_queue_depth(worker_factory, client_ap
     assert value(samples, "tenant_worker_tasks_in_progress", task="tests.probe.tenant") == 0
     assert value(samples, "tenant_worker_queue_depth_up") == 1
     assert ("tenant_worker_queue_depth", (("queue", "celery"),)) in samples
+    # METRIC_NAMES, which the dashboard test checks the Grafana queries against, is what the worker exports.
+    exported = {exported_name(name) for name, _ in samples if name.startswith("tenant_worker_")}
+    assert exported == set(METRIC_NAMES) - {"tenant_worker_execution_judge_tokens_total",
+                                            "tenant_worker_execution_results_total"}, "(labelled, none yet)"
 
 
 def test_in_progress_counts_a_running_task_and_queue_depth_counts_waiting_ones(worker_factory, client_app,
