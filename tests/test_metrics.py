@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import urllib.request
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -77,6 +78,7 @@ def test_task_counters_runtime_retries_and_queue_depth(worker_factory, client_ap
     assert value(samples, "tenant_worker_task_runtime_seconds_count", task="tests.probe.always_fails") == 3
     assert value(samples, "tenant_worker_tasks_in_progress", task="tests.probe.tenant") == 0
     assert value(samples, "tenant_worker_queue_depth_up") == 1
+    assert f"metrics on port {port}" in worker.log()
     assert ("tenant_worker_queue_depth", (("queue", "celery"),)) in samples
     # METRIC_NAMES, which the dashboard test checks the Grafana queries against, is what the worker exports.
     exported = {exported_name(name) for name, _ in samples if name.startswith("tenant_worker_")}
@@ -112,3 +114,5 @@ def test_metrics_are_off_by_default(worker_factory, client_app, request) -> None
     request.addfinalizer(worker.stop)
     client_app.send_task("tests.probe.tenant", headers={"organization_id": ORG}).get(TIMEOUT)
     assert "metrics on port" not in worker.log()
+    listening = [c for c in psutil.Process(worker.proc.pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    assert listening == [], "no port is opened unless METRICS_PORT asks for one"

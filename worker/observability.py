@@ -18,7 +18,15 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from celery.signals import task_postrun, task_prerun, task_retry, worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    task_retry,
+    worker_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,7 @@ class _Metrics:
 _metrics: _Metrics | None = None
 _directory: str | None = None
 _owner_pid: int | None = None
+_port: int | None = None
 
 
 def enabled() -> bool:
@@ -103,7 +112,8 @@ def enable(port: int, organizations: Sequence[str], app: Any = None, queues: Seq
     if app is not None and queues:
         registry.register(QueueDepthCollector(app, queues))
     start_http_server(port, addr=address, registry=registry)
-    log.info("metrics on port %d (multiprocess directory %s)", port, _directory)
+    global _port
+    _port = port
     return _directory
 
 
@@ -200,6 +210,13 @@ def _start(sender: Any = None, **_: object) -> None:
         organizations = tuple(o for o in settings.metrics_organizations.split(",") if o)
         app = getattr(sender, "app", None)
         enable(settings.metrics_port, organizations, app, settings.celery_worker_queues)
+
+
+@worker_ready.connect(weak=False, dispatch_uid="worker.observability.announce")
+def _announce(**_: object) -> None:
+    # Logged here, not in enable(): worker_init runs before Celery has set up logging.
+    if _port is not None:
+        log.info("metrics on port %d (multiprocess directory %s)", _port, _directory)
 
 
 @worker_shutdown.connect(weak=False, dispatch_uid="worker.observability.cleanup")
