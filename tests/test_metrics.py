@@ -116,3 +116,24 @@ def test_metrics_are_off_by_default(worker_factory, client_app, request) -> None
     assert "metrics on port" not in worker.log()
     listening = [c for c in psutil.Process(worker.proc.pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN]
     assert listening == [], "no port is opened unless METRICS_PORT asks for one"
+
+
+def test_a_killed_pool_process_leaves_no_task_in_progress(worker_factory, client_app, request) -> None:
+    """A child SIGKILLed mid-task never runs task_postrun: its live gauge file is dropped at the next scrape."""
+    port = free_port()
+    worker = worker_factory(pool="prefork", concurrency=1, env={"METRICS_PORT": str(port)})
+    request.addfinalizer(worker.stop)
+    result = client_app.send_task("tests.probe.sleep", args=[30])
+    samples = scrape_when(port, "tenant_worker_tasks_in_progress", {"task": "tests.probe.sleep"}, 1)
+    assert value(samples, "tenant_worker_tasks_in_progress", task="tests.probe.sleep") == 1
+    children = psutil.Process(worker.proc.pid).children()
+    assert len(children) == 1
+    children[0].kill()
+    client_app.control.revoke(result.id)  # the redelivered message must not start the sleep again
+    with pytest.raises(Exception):  # noqa: B017 - WorkerLostError or revoked: either ends the task here
+        result.get(TIMEOUT)
+    deadline = time.monotonic() + 20
+    while (value(scrape(port), "tenant_worker_tasks_in_progress", task="tests.probe.sleep") != 0
+           and time.monotonic() < deadline):
+        time.sleep(0.2)
+    assert value(scrape(port), "tenant_worker_tasks_in_progress", task="tests.probe.sleep") == 0
