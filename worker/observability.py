@@ -203,9 +203,13 @@ def cleanup() -> None:
 
 @worker_init.connect(weak=False, dispatch_uid="worker.observability.start")
 def _start(sender: Any = None, **_: object) -> None:
+    from config import ConfigError
     from worker.settings import get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ConfigError:
+        return  # worker.app's own worker_init handler reports it in one line and exits 64
     if settings.metrics_port and not enabled():
         organizations = tuple(o for o in settings.metrics_organizations.split(",") if o)
         app = getattr(sender, "app", None)
