@@ -109,6 +109,16 @@ def test_in_progress_counts_a_running_task_and_queue_depth_counts_waiting_ones(w
     assert value(samples, "tenant_worker_queue_depth", queue="celery") == 0
 
 
+def test_queue_depth_follows_the_queues_the_worker_consumes(worker_factory, client_app, request) -> None:
+    port = free_port()
+    worker = worker_factory(pool="threads", concurrency=1, env={"METRICS_PORT": str(port)},
+                            extra_args=("--queues", "execution"))  # overrides the fixture's celery,execution
+    request.addfinalizer(worker.stop)
+    samples = scrape(port)
+    depths = {labels for name, labels in samples if name == "tenant_worker_queue_depth"}
+    assert depths == {(("queue", "execution"),)}, depths
+
+
 def test_metrics_are_off_by_default(worker_factory, client_app, request) -> None:
     worker = worker_factory(pool="threads", concurrency=1)
     request.addfinalizer(worker.stop)

@@ -168,6 +168,15 @@ class QueueDepthCollector:
             self._client = (client, prefix)
         return self._client
 
+    def _queues(self) -> tuple[str, ...]:
+        # The queues the consumer really took (-Q in CELERY_WORKER_OPTS included); Celery selects them after
+        # worker_init, so they are read at scrape time, the settings' list until then.
+        try:
+            selected = tuple(self.app.amqp.queues.consume_from or ())
+        except AttributeError:
+            selected = ()
+        return selected or self.queues
+
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
@@ -178,7 +187,7 @@ class QueueDepthCollector:
             client, prefix = self._redis()
             pipe = client.pipeline(transaction=False)
             # kombu's priority sub-queues: the queue name, then name + "\x06\x16" + step for steps 3, 6, 9.
-            names = {queue: [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)] for queue in self.queues}
+            names = {queue: [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)] for queue in self._queues()}
             for keys in names.values():
                 for key in keys:
                     pipe.llen(prefix + key)
