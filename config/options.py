@@ -195,6 +195,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("LOG_LEVEL", Choice(LOG_LEVELS), "INFO",
            "Log level of the product's own loggers (`worker.*`); Celery's follow `CELERY_WORKER_LOGLEVEL`.",
            scope="app"),
+    Option("LOG_FORMAT", Choice(("text", "json")), "text",
+           "`text`: one readable line per record; `json`: one JSON object per line (time, level, logger, message, "
+           "task_id, task_name, organization_id, user_id, run_id) for log collectors. See docs/observability.md.",
+           scope="app"),
     # -- worker process (read by entrypoint.sh through `python -m config worker-args`) --------
     Option("CELERY_WORKER_CONCURRENCY", Integer(1, 1000), "8", "Worker processes/threads.", scope="worker"),
     Option("CELERY_WORKER_PREFETCH_MULTIPLIER", Integer(1, 1000), "1",
@@ -231,6 +235,15 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds without a broker connection (also at start-up) after which the worker stops beating and exits "
            "with status 1. 0 = never (not recommended: a worker without a broker then looks healthy).",
            scope="health"),
+    # -- metrics ---------------------------------------------------------------------------------
+    Option("METRICS_PORT", Integer(0, 65535), "0",
+           "Port of the worker's Prometheus `/metrics` endpoint, served by the main process (0 = off). "
+           "See docs/observability.md.", scope="worker"),
+    Option("METRICS_ORGANIZATIONS", Pattern(r"[A-Za-z0-9_\-]+(,[A-Za-z0-9_\-]+)*",
+                                             "comma-separated organization ids without spaces"), "",
+           "Organization ids that get their own `organization` label on the task and run metrics; every other "
+           "organization is counted as `other`. Empty: no per-organization label. Each id multiplies the series "
+           "count: keep the list short.", scope="worker"),
     # -- flower ----------------------------------------------------------------------------------
     Option("ENABLE_FLOWER", Boolean(), "no", "Start Flower beside the worker.", scope="flower"),
     Option("FLOWER_PORT", Integer(1, 65535), "5555", "Port Flower listens on.", scope="flower"),

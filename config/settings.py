@@ -48,6 +48,7 @@ class Settings(SettingsBase):
     tenant_signing_key: tuple[str, ...]
     db_encryption_key: tuple[str, ...]
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    log_format: Literal["text", "json"]
     celery_worker_concurrency: int
     celery_worker_prefetch_multiplier: int
     celery_worker_max_tasks_per_child: int
@@ -62,6 +63,8 @@ class Settings(SettingsBase):
     worker_heartbeat_interval: int
     worker_heartbeat_max_age: int
     worker_broker_lost_exit_after: int
+    metrics_port: int
+    metrics_organizations: str
     enable_flower: bool
     flower_port: int
     execution_allow_private_targets: bool

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from datetime import UTC, datetime
 
 from celery import current_task
 from celery.signals import after_setup_logger, after_setup_task_logger
@@ -41,6 +43,48 @@ class OneLineFormatter(logging.Formatter):
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s:%(task_context)s %(message)s"
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``LOG_FORMAT=json``). json.dumps with ensure_ascii escapes every control and
+    non-ASCII character, so a message value can neither break the line nor add or overwrite a field: each value is
+    one JSON string under a key chosen here. The tenant fields stay cut like in the text format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.processName,
+        }
+        for field in ("task_id", "task_name", "organization_id", "user_id", "run_id"):
+            value = getattr(record, field, "-")
+            if value != "-":
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=True, default=str)
+
+
+# Tasks whose first positional argument is the run id (the names are the wire contract: worker/tasks/execution.py).
+_RUN_FIRST_ARGUMENT = frozenset({"rhesis.backend.tasks.execution.run_lane",
+                                 "rhesis.backend.tasks.execution.cancel_test_run"})
+
+
+def _run_id(request: object) -> str | None:
+    """The execution run a task works on: the tasks of worker/tasks/execution.py take it as ``test_run_id``."""
+    kwargs = getattr(request, "kwargs", None)
+    if isinstance(kwargs, dict) and kwargs.get("test_run_id"):
+        return str(kwargs["test_run_id"])
+    args = getattr(request, "args", None)
+    if isinstance(args, (list, tuple)) and args and getattr(request, "task", None) in _RUN_FIRST_ARGUMENT:
+        return str(args[0])
+    return None
+
+
 class TaskContextFilter(logging.Filter):
     """Adds ``task_context`` (empty outside tasks) and the four fields separately for structured handlers."""
 
@@ -54,6 +98,8 @@ class TaskContextFilter(logging.Filter):
         record.task_name = printable((task.name if task and task_id else None) or "-")
         record.organization_id = printable(tenant.organization_id or getattr(request, "organization_id", None) or "-")
         record.user_id = printable(tenant.user_id or getattr(request, "user_id", None) or "-")
+        run_id = _run_id(request) if task_id else None
+        record.run_id = printable(run_id or "-")
         if task_id:
             record.task_context = (f" [task_id={record.task_id} task={record.task_name} "
                                    f"organization_id={record.organization_id} user_id={record.user_id}]")
@@ -62,18 +108,23 @@ class TaskContextFilter(logging.Filter):
         return True
 
 
-def install_filter(logger: logging.Logger) -> None:
+def make_formatter(log_format: str = "text") -> logging.Formatter:
+    """The formatter of ``LOG_FORMAT``: ``json`` or the readable one-line ``text``."""
+    return JsonFormatter() if log_format == "json" else OneLineFormatter(LOG_FORMAT)
+
+
+def install_filter(logger: logging.Logger, log_format: str = "text") -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, TaskContextFilter) for f in handler.filters):
             handler.addFilter(TaskContextFilter())
-            handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+            handler.setFormatter(make_formatter(log_format))
 
 
 @after_setup_logger.connect(weak=False, dispatch_uid="worker.logging_context.root")
 @after_setup_task_logger.connect(weak=False, dispatch_uid="worker.logging_context.task")
 def _on_setup_logger(logger: logging.Logger, **_: object) -> None:
-    install_filter(logger)
     from worker.settings import get_settings
 
+    install_filter(logger, get_settings().log_format)
     # LOG_LEVEL governs our own loggers (worker.*); CELERY_WORKER_LOGLEVEL governs Celery's.
     logging.getLogger("worker").setLevel(get_settings().log_level)

@@ -159,6 +159,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "extraEgress": [{"ports": [{"protocol": "TCP", "port": 443}]}],
         },
     },
+    "metrics": {
+        "config": {"metricsPort": 9808},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        },
+    },
     "network-policy-oauth-ingress": {
         "secret": {"existingSecret": "tenant-worker-env"},
         "flower": {"enabled": True, "urlPrefix": "/flower",

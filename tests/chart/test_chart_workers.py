@@ -83,11 +83,13 @@ def test_every_config_value_reaches_the_configmap(render: Any) -> None:
         "executionMaxOutputChars": 512, "executionSweepInterval": 0, "executionStallSeconds": 300,
         "geminiModelName": "gemini-x", "geminiBaseUrl": "http://gemini.test", "azureOpenaiEndpoint":
         "https://azure.test", "azureOpenaiDeploymentName": "dep-1", "azureOpenaiApiVersion": "2025-01-01",
-        "judgeTimeoutSeconds": 26, "judgeAllowedModels": "gemini-2.5-pro,gpt-x", "extra": {"SOME_NEW_OPTION": "on"},
+        "judgeTimeoutSeconds": 26, "judgeAllowedModels": "gemini-2.5-pro,gpt-x", "logFormat": "json",
+        "metricsPort": 9808, "metricsOrganizations": "org-a,org-b", "extra": {"SOME_NEW_OPTION": "on"},
     }
     data = render({"config": config}).get("ConfigMap", FULLNAME)["data"]
     assert data == {
-        "LOG_LEVEL": "WARNING", "DATABASE_POOL_SIZE": "11", "DATABASE_MAX_OVERFLOW": "12",
+        "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "METRICS_PORT": "9808", "METRICS_ORGANIZATIONS": "org-a,org-b",
+        "DATABASE_POOL_SIZE": "11", "DATABASE_MAX_OVERFLOW": "12",
         "DATABASE_POOL_TIMEOUT": "13", "REDIS_SOCKET_TIMEOUT": "14", "REDIS_SOCKET_CONNECT_TIMEOUT": "15",
         "REDIS_RETRY_ON_TIMEOUT": "no", "REDIS_SOCKET_KEEPALIVE": "no", "REDIS_HEALTH_CHECK_INTERVAL": "16",
         "REDIS_MAX_CONNECTIONS": "17", "REDIS_KEY_PREFIX": "t1:", "BROKER_VISIBILITY_TIMEOUT": "604800",

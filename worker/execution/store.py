@@ -18,6 +18,8 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Session
 
+from worker.observability import observe_stored_results
+
 #: Run statuses after which nothing changes any more.
 FINAL_RUN_STATUSES = ("completed", "partial", "failed", "cancelled")
 ACTIVE_RUN_STATUSES = ("queued", "running")
@@ -386,6 +388,7 @@ def store_results(db: Session, run_id: uuid.UUID, owner: str | None, results: Se
         "attempts": r.attempts, "score": r.score, "metrics": list(r.metrics), "details": r.details or {},
     }) for r in results]
     db.execute(_INSERT_RESULTS, {"rows": rows, "run_id": run_id, "done": list(done)})
+    observe_stored_results(results, done)  # Prometheus counters (docs/observability.md); no-op when metrics are off
     if touch:
         touch_run(db, run_id)
     return len(done)

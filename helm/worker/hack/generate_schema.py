@@ -623,6 +623,8 @@ def network_policy_block() -> dict[str, Any]:
                                           "flower.ingress.enabled"),
                    "apiFrom": k8s_list("NetworkPolicyPeer entries allowed to reach the API's port (its clients, "
                                        "the ingress controller); required with api.enabled"),
+                   "metricsFrom": k8s_list("NetworkPolicyPeer entries allowed to reach the workers' /metrics port "
+                                           "(config.metricsPort), e.g. Prometheus"),
                    "flowerOAuthEgress": egress("Egress of the Flower pods to the OAuth provider (HTTPS); rendered "
                                                "only with flower.auth.type oauth."),
                })
@@ -659,6 +661,14 @@ def schema() -> dict[str, Any]:
         "keda": keda_block(),
         "flower": flower_block(),
         "api": api_block(),
+        "metrics": obj("Scraping the workers' /metrics (served when config.metricsPort is above 0).", {
+            "serviceMonitor": obj("A Prometheus Operator ServiceMonitor for the metrics Service.", {
+                "enabled": boolean("Render the ServiceMonitor; needs config.metricsPort above 0."),
+                "interval": string("Scrape interval.", pattern=r"^[0-9]+(ms|s|m|h)$"),
+                "scrapeTimeout": string("Scrape timeout.", pattern=r"^[0-9]+(ms|s|m|h)$"),
+                "labels": string_map("Labels of the ServiceMonitor (the Prometheus Operator selects by them)."),
+            }),
+        }),
         "migration": migration_block(),
         "networkPolicy": network_policy_block(),
     })
