@@ -297,7 +297,8 @@ OPTIONS: tuple[Option, ...] = (
            "Azure OpenAI API version.", scope="worker"),
     Option("JUDGE_ALLOWED_MODELS",
            WordList(lambda word: word == "*" or re.fullmatch(_MODEL_NAME, word) is not None,
-                    "comma-separated model or deployment names [A-Za-z0-9_.:/-], or *", optional=True), "",
+                    "comma-separated model or deployment names [A-Za-z0-9_.:/-], or *, or empty", optional=True),
+           "",
            "Models (Gemini) and deployments (Azure OpenAI) a metric may choose as its judge besides the configured "
            "GEMINI_MODEL_NAME and AZURE_OPENAI_DEPLOYMENT_NAME; empty: only those; * : any. The operator's keys pay "
            "for every judge call, so tenants do not pick models by default.", scope="worker"),

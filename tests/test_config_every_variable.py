@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import pytest
 
-from config.options import OPTIONS, FernetKeys, KiBOrAuto, SigningKeys
+from config.options import OPTIONS, FernetKeys, KiBOrAuto, SigningKeys, TokenSecrets
 from config.spec import (
     MAX_VALUE_CHARS,
     Boolean,
@@ -62,6 +62,7 @@ WRONG_TYPE = {
     Credentials: f"admin{SECRET}",
     SigningKeys: f"{SECRET} with spaces {SECRET}",
     FernetKeys: f"not-a-fernet-key-{SECRET}",
+    TokenSecrets: f"{SECRET} with spaces {SECRET}",
     Text: "--no-such-option",
 }
 
@@ -89,6 +90,8 @@ def valid_sample(option: Option) -> str:
         return f"admin:{SECRET}"
     if isinstance(parser, Pattern):
         return SECRET if option.secret else "abc-123"
+    if isinstance(parser, WordList):
+        return "abc-123"
     if isinstance(parser, Choice):
         return parser.choices[0]
     if isinstance(parser, FilePath):
