@@ -118,7 +118,10 @@ def bad_values(option: Option) -> list[tuple[str, str]]:
     parser_type = type(option.parser)
     assert parser_type in WRONG_TYPE, f"no wrong-type value known for {parser_type.__name__}: add one to WRONG_TYPE"
     sample = valid_sample(option)
-    values = [("wrong type", WRONG_TYPE[parser_type])]
+    wrong = WRONG_TYPE[parser_type]
+    # A secret option's values are watched for in every output (tests/support/secret_watch.py): make them unique,
+    # or another test that echoes the same junk for a plain option would count as a leak.
+    values = [("wrong type", f"{wrong} {SECRET}" if option.secret and SECRET not in wrong else wrong)]
     values += [("out of bounds", value) for value in out_of_bounds(option)]
     if "empty" not in option.parser.allowed:  # the allowed text says whether empty is a value
         values.append(("empty", ""))
