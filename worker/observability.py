@@ -28,6 +28,8 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from worker.pids import pid_exists
+
 log = logging.getLogger(__name__)
 
 PREFIX = "tenant_worker"
@@ -117,16 +119,6 @@ def enable(port: int, organizations: Sequence[str], app: Any = None, queues: Seq
     return _directory
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _DeadProcessSweeper:
     """Drops the live gauges of pool processes that died without running their shutdown hook (SIGKILL, OOM).
     Registered before the merging collector, so that a scrape never counts a dead child's running tasks."""
@@ -140,7 +132,7 @@ class _DeadProcessSweeper:
         for name in os.listdir(self.directory):
             if name.startswith("gauge_live") and name.endswith(".db"):
                 pid = name.rsplit("_", 1)[-1][:-3]
-                if pid.isdigit() and not _pid_alive(int(pid)):
+                if pid.isdigit() and not pid_exists(int(pid)):
                     mark_process_dead(int(pid), self.directory)
         return []
 

@@ -20,6 +20,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.pids import pid_exists
+
 LOCAL_HOST = "127.0.0.1"
 
 # Stop functions of the servers this process started, newest last.
@@ -131,16 +133,6 @@ def _forget_dead_handles(pgdata: Path) -> None:
         pids = json.loads(handles.read_text())
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if isinstance(pid, int) and _process_exists(pid)]
+    alive = [pid for pid in pids if isinstance(pid, int) and pid_exists(pid)]
     if alive != pids:
         handles.write_text(json.dumps(alive))
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

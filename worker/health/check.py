@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 
 from worker.health.files import API_PORT, HEARTBEAT, READY, ROLE, HealthFiles
+from worker.pids import pid_exists
 
 
 def _setting(name: str, environ: Mapping[str, str]) -> object:
@@ -67,12 +68,8 @@ def _heartbeat_pid(content: str) -> int | None:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return False
-    except PermissionError:
-        return True  # exists, owned by someone else
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
