@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from worker.dev.services import postgres_admin_url, redis_base_url
 
 # A plugin of this conftest (pytest_plugins below) that the conftest also imports: rewrite it before the import.
 pytest.register_assert_rewrite("tests.support.secret_watch")
+from tests.support.processes import LoggedProcess  # noqa: E402
 from tests.support.secret_watch import register_environment, register_output_file, register_url  # noqa: E402
 
 # The leak check: its hooks watch every subprocess and make the session fail on a leaked secret.
@@ -94,24 +94,11 @@ def session_env(redis_base: str, migrated_database: ProvisionedDatabase) -> dict
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     node: str
     proc: subprocess.Popen
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 def start_worker_process(env: dict[str, str], run_dir: Path, pool: str = "prefork", concurrency: int = 2,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -14,8 +13,9 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from tests.support.processes import LoggedProcess
 from tests.support.secret_watch import register_environment, register_output_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,24 +95,12 @@ class ApiClient:
 
 
 @dataclass
-class ApiProcess:
+class ApiProcess(LoggedProcess):
     url: str
     proc: subprocess.Popen
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+    stop_timeout: ClassVar[float] = 30
 
 
 def start_api_process(env: dict[str, str], run_dir: Path, port: int, extra_args: tuple[str, ...] = (),
