@@ -150,7 +150,7 @@ def test_migrate_twice_is_a_no_op(make_database) -> None:
     before = _catalog_snapshot(db)
     migrate(db.owner_url, db.runtime_url)
     assert _catalog_snapshot(db) == before
-    assert before["version"] == ["0006"]
+    assert before["version"] == ["0007"]
 
 
 def test_migrate_reapplies_grants_and_removes_extra_rights(make_database) -> None:

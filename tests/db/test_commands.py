@@ -72,7 +72,7 @@ def test_cli_migrate_and_demo_data(make_database) -> None:
 
     migrated = run_cli("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
-    assert current_revision(db.owner_url) == "0006"
+    assert current_revision(db.owner_url) == "0007"
     assert db.owner_url.split("@")[0].split(":")[-1] not in migrated.stdout + migrated.stderr  # password masked
     assert run_cli("migrate", env=env).returncode == 0  # again: a no-op plus grants
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from worker.db import liveness
 from worker.db.engine import dispose_engines_after_fork, get_engine, reset_engines
 from worker.db.models import (
     RLS_TABLES,
@@ -249,7 +250,7 @@ def test_get_engine_caches_and_reads_pool_settings(pgdb, monkeypatch) -> None:
         engine = get_engine()
         assert get_engine(pgdb.runtime_url) is engine
         assert (engine.pool.size(), engine.pool._max_overflow, engine.pool._timeout) == (3, 1, 7)
-        assert engine.pool._pre_ping
+        assert event.contains(engine, "checkout", liveness._check_out)  # replaces pool_pre_ping (test_round_trips)
         postgres_spelling = get_engine(pgdb.runtime_url.replace("postgresql://", "postgres://", 1))
         assert postgres_spelling is engine
         with tenant_session(str(uuid.uuid4())) as db:  # default engine = DATABASE_URL

@@ -9,7 +9,12 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 
-from worker.db import guard  # noqa: F401 - registers every new connection's tenant key, before anyone uses it
+from worker.db import (
+    guard,  # noqa: F401 - registers every new connection's tenant key, before anyone uses it
+    liveness,
+    session_reset,
+)
+from worker.db.session_reset import ResettingConnection
 from worker.errors import TenantContextError
 
 _engines: dict[tuple[str, tuple[tuple[str, Any], ...]], Engine] = {}
@@ -51,8 +56,10 @@ def refuse_autocommit(bind: Engine | Connection) -> None:
 def get_engine(url: str | None = None, **options: Any) -> Engine:
     """The process's engine for ``url`` (default: ``DATABASE_URL``), created once and cached.
 
-    Pool size, overflow and timeout come from the settings unless given in ``options``; connections are
-    pre-pinged because workers sit idle for long stretches and databases restart.
+    Pool size, overflow and timeout come from the settings unless given in ``options``. A connection that may
+    have died is pinged at checkout (``check_liveness``, worker/db/liveness.py), because workers sit idle for
+    long stretches and databases restart; every borrower gets a clean session (``reset_session_state``,
+    worker/db/session_reset.py). Neither costs a round trip on a busy, healthy connection.
     """
     from worker.settings import get_settings
 
@@ -73,18 +80,22 @@ def get_engine(url: str | None = None, **options: Any) -> Engine:
             settings = settings or get_settings()
             options = {"pool_size": settings.database_pool_size, "max_overflow": settings.database_max_overflow,
                        "pool_timeout": settings.database_pool_timeout, **options}
-        discard = options.pop("discard_on_return", True)
-        if discard:
-            options.setdefault("pool_reset_on_return", None)  # _discard_session_state rolls back itself
-        engine = create_engine(url, pool_pre_ping=options.pop("pool_pre_ping", True), **options)
+        reset = options.pop("reset_session_state", True)
+        factory = options.pop("connection_factory", ResettingConnection)  # tests pass a subclass that counts
+        if reset:
+            options["connect_args"] = {**options.get("connect_args", {}), "connection_factory": factory}
+        check_liveness = options.pop("check_liveness", True)
+        engine = create_engine(url, **options)
         try:
             refuse_autocommit(engine)
         except TenantContextError:
             engine.dispose()
             raise
         event.listen(engine, "connect", _refuse_preset_tenant)
-        if discard:
-            event.listen(engine, "reset", _discard_session_state)
+        if reset:
+            session_reset.install(engine)
+        if check_liveness:
+            liveness.install(engine)
         _engines[key] = engine
         return engine
 
@@ -105,29 +116,6 @@ def _refuse_preset_tenant(dbapi_connection: Any, _record: Any) -> None:
     if preset:
         raise TenantContextError(f"new database connections start with app.current_organization={preset!r} "
                                  "(ALTER ROLE/DATABASE ... SET, or options in DATABASE_URL); remove that default")
-
-
-def _discard_session_state(dbapi_connection: Any, _record: Any, reset_state: Any) -> None:
-    """Return every connection to the pool as clean as a new one: roll back, then ``DISCARD ALL``.
-
-    A rollback ends the transaction but not what a task left in the session: temporary tables (which shadow
-    the tenant tables for the next borrower), session-level ``SET``/``set_config(..., false)``, prepared
-    statements, ``LISTEN``, advisory locks, ``SET ROLE``. ``DISCARD ALL`` drops all of it; it cannot run inside a
-    transaction, hence autocommit for that one statement. An error here makes the pool close the connection.
-    """
-    if reset_state.terminate_only:
-        return  # the connection is being closed anyway
-    dbapi_connection.rollback()
-    previous = dbapi_connection.autocommit
-    dbapi_connection.autocommit = True
-    try:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("DISCARD ALL")
-        finally:
-            cursor.close()
-    finally:
-        dbapi_connection.autocommit = previous
 
 
 def dispose_engines_after_fork() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import psycopg2.extensions
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import Pool
@@ -51,7 +52,7 @@ def _register_connection(dbapi_connection: Any, connection_record: Any) -> None:
 
     Databases without ``tenant_guard`` (the admin database, an unmigrated one) are left alone.
     """
-    if not type(dbapi_connection).__module__.startswith("psycopg2"):
+    if not isinstance(dbapi_connection, psycopg2.extensions.connection):
         return
     cursor = dbapi_connection.cursor()
     try:

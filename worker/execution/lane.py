@@ -136,8 +136,8 @@ class Lane:
 
     async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``function(session, ...)`` as one transaction on the lane's database thread. The lane keeps one
-        tenant session for its life (each transaction re-enters the tenant): no pool checkout, pre-ping and
-        reset per round trip."""
+        tenant session for its life (each transaction re-enters the tenant): no pool checkout and
+        session reset per round trip."""
         def call() -> T:
             if self._session is None:
                 # Bound to one connection for the lane's life: a Session bound to the engine would hand its
