@@ -98,8 +98,11 @@ def test_migrate_refuses_the_database_without_rls(without_rls) -> None:
 
 def test_tables_named_only_in_where_or_subqueries_are_filtered(without_rls) -> None:
     _db, engine, orgs, ids = without_rls
+    for _round in range(2):  # the FROM list is kept per statement shape: the second round reuses it, per tenant
+        for org, expected in zip(orgs, (2, 1, 3), strict=True):
+            with tenant_session(org, engine=engine) as db:
+                assert db.scalar(select(func.count()).where(Test.prompt == "p0")) == expected
     with tenant_session(orgs[1], engine=engine) as db:
-        assert db.scalar(select(func.count()).where(Test.prompt == "p0")) == 1
         in_sets = select(TestSet).where(TestSet.id.in_(select(Test.test_set_id).where(Test.prompt == "p0")))
         assert [str(s.id) for s in db.scalars(in_sets)] == ids[orgs[1]]
         union = select(TestSet.id).union_all(select(Test.id))
