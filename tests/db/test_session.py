@@ -27,6 +27,7 @@ from worker.db.models import (
     TestResult,
     TestRun,
     TestRunItem,
+    TestRunLane,
     TestSet,
     TestSetMetric,
     User,
@@ -138,6 +139,7 @@ def every_table_has_rows(pgdb, owner_engine) -> Iterator[str]:
         db.flush()
         db.add(TestResult(organization_id=org, test_run_id=run.id, test_id=test.id, status="pass"))
         db.add(TestRunItem(organization_id=org, test_run_id=run.id, test_id=test.id))
+        db.add(TestRunLane(organization_id=org, test_run_id=run.id, lane=0, share=1))
         metric = Metric(organization_id=org, name="every table", kind="contains", parameters={"value": "x"})
         db.add(metric)
         db.flush()
