@@ -17,8 +17,9 @@ from tests.db.conftest import seed
 from tests.support.pg_wire import counting_queries
 from worker.db import liveness
 from worker.db.engine import get_engine, reset_engines
-from worker.db.models import TestSet
+from worker.db.models import TestSet, User
 from worker.db.session import tenant_session
+from worker.errors import TenantConflictError
 
 PID = text("select pg_backend_pid()")
 
@@ -39,7 +40,7 @@ def _one_query_tenant_transaction(engine, org: str) -> int:  # type: ignore[no-u
         return db.scalar(select(func.count()).select_from(TestSet))
 
 
-def test_a_tenant_transaction_costs_one_round_trip_more_than_the_same_query_without_rls(tenant_db) -> None:
+def test_a_tenant_transaction_costs_no_round_trip_more_than_the_same_query_without_rls(tenant_db) -> None:
     db, org = tenant_db
     with counting_queries(db.runtime_url) as wire:
         engine = get_engine(wire.url(db.runtime_url), pool_size=1, max_overflow=0)
@@ -56,10 +57,50 @@ def test_a_tenant_transaction_costs_one_round_trip_more_than_the_same_query_with
                                       .where(TestSet.organization_id == org)) == 2
             baseline = wire.take()
             assert len(baseline) == 3, baseline  # BEGIN, the query, COMMIT
-            # BEGIN, session reset + tenant_guard.enter in one message, the query, COMMIT: no pre-ping, no DISCARD ALL
-            assert len(tenant) == len(baseline) + 1, tenant
-            assert "tenant_guard.enter" in tenant[1] and "DISCARD TEMP" in tenant[1], tenant
+            # BEGIN, then session reset + tenant_guard.enter + the query in one message, COMMIT: no pre-ping, no
+            # DISCARD ALL, no round trip for the tenant (revision 0006 and before: 6)
+            assert len(tenant) == len(baseline), tenant
+            reset, entry, query = (tenant[1].index(part) for part in ("DISCARD TEMP", "tenant_guard.enter", "count("))
+            assert reset < entry < query, tenant[1]
         plain.dispose()
+
+
+def test_the_tenant_entry_reaches_every_way_a_statement_can_be_sent(tenant_db) -> None:
+    db, org = tenant_db
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    count = "select count(*) from test_set"
+    with tenant_session(org, engine=engine) as session:
+        with pytest.raises(DBAPIError):
+            session.execute(text("select 1/0"))  # the message with the entry fails as a whole ...
+        session.rollback()
+        assert session.scalar(text(count)) == 2  # ... and the next transaction enters again
+        session.commit()
+        raw = session.connection().connection.dbapi_connection  # a task's own cursor, first thing in a transaction
+        cursor = raw.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        cursor.execute(count)
+        assert cursor.fetchone()["count"] == 2
+        cursor.close()
+        session.commit()
+        session.connection()
+        cursor = raw.cursor()
+        cursor.executemany("select set_config('application_name', %s || (" + count + "), false)", [("n",)])
+        assert session.scalar(text("select current_setting('application_name')")) == "n2"
+
+
+def test_a_user_of_another_organization_is_refused_with_the_first_statement(make_database) -> None:
+    db = make_database()
+    org_a, org_b, user_b = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    owner = create_engine(db.owner_url, poolclass=NullPool)
+    seed(owner, {org_a: [1], org_b: [1]})
+    with tenant_session(org_b, engine=owner) as session:
+        session.add(User(id=uuid.UUID(user_b), organization_id=uuid.UUID(org_b), email="b@example.org"))
+    owner.dispose()
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    with pytest.raises(TenantConflictError, match="user of another organization"), \
+            tenant_session(org_a, user_b, engine=engine) as session:
+        session.scalar(select(func.count()).select_from(TestSet))
+    with tenant_session(org_a, str(uuid.uuid4()), engine=engine) as session:  # an unknown user passes
+        assert session.scalar(select(func.count()).select_from(TestSet)) == 1
 
 
 def test_a_connection_whose_backend_was_terminated_is_replaced_at_checkout(tenant_db) -> None:
@@ -102,7 +143,7 @@ def test_an_idle_connection_is_pinged_at_checkout(tenant_db, monkeypatch) -> Non
         _one_query_tenant_transaction(engine, org)
         sent = wire.take()
         assert "select 1" in sent[1], sent  # BEGIN, reset + ping, COMMIT, then the transaction itself
-        assert len(sent) == 4 + 3, sent
+        assert len(sent) == 3 + 3, sent
 
 
 def _leave_state_behind(engine) -> int:  # type: ignore[no-untyped-def]

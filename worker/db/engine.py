@@ -10,11 +10,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 
 from worker.db import (
-    guard,  # noqa: F401 - registers every new connection's tenant key, before anyone uses it
+    guard,  # first: importing it registers every new connection's tenant key, before anyone uses one
     liveness,
-    session_reset,
+    prefixed_connection,
 )
-from worker.db.session_reset import ResettingConnection
+from worker.db.prefixed_connection import PrefixedConnection
 from worker.errors import TenantContextError
 
 _engines: dict[tuple[str, tuple[tuple[str, Any], ...]], Engine] = {}
@@ -59,7 +59,7 @@ def get_engine(url: str | None = None, **options: Any) -> Engine:
     Pool size, overflow and timeout come from the settings unless given in ``options``. A connection that may
     have died is pinged at checkout (``check_liveness``, worker/db/liveness.py), because workers sit idle for
     long stretches and databases restart; every borrower gets a clean session (``reset_session_state``,
-    worker/db/session_reset.py). Neither costs a round trip on a busy, healthy connection.
+    worker/db/prefixed_connection.py). Neither costs a round trip on a busy, healthy connection.
     """
     from worker.settings import get_settings
 
@@ -81,7 +81,7 @@ def get_engine(url: str | None = None, **options: Any) -> Engine:
             options = {"pool_size": settings.database_pool_size, "max_overflow": settings.database_max_overflow,
                        "pool_timeout": settings.database_pool_timeout, **options}
         reset = options.pop("reset_session_state", True)
-        factory = options.pop("connection_factory", ResettingConnection)  # tests pass a subclass that counts
+        factory = options.pop("connection_factory", PrefixedConnection)  # tests pass a subclass that counts
         if reset:
             options["connect_args"] = {**options.get("connect_args", {}), "connection_factory": factory}
         check_liveness = options.pop("check_liveness", True)
@@ -93,11 +93,19 @@ def get_engine(url: str | None = None, **options: Any) -> Engine:
             raise
         event.listen(engine, "connect", _refuse_preset_tenant)
         if reset:
-            session_reset.install(engine)
+            prefixed_connection.install(engine)
+            # The tenant's entry travels with another statement: its refusal arrives as that statement's error.
+            event.listen(engine, "handle_error", _tenant_conflict)
         if check_liveness:
             liveness.install(engine)
         _engines[key] = engine
         return engine
+
+
+def _tenant_conflict(context: Any) -> None:
+    conflict = guard.tenant_conflict(context.original_exception)
+    if conflict is not None:
+        raise conflict
 
 
 def _refuse_preset_tenant(dbapi_connection: Any, _record: Any) -> None:

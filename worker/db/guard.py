@@ -21,12 +21,14 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import Pool
 
-from worker.errors import TenantContextError
+from worker.errors import TenantConflictError, TenantContextError
 
 #: ``ConnectionRecord.info`` key of the connection's tenant key (bytes).
 KEY_INFO = "worker.db.tenant_key"
 # check_user (revision 0003) refuses a user of another organization in the same round trip (SQLSTATE TW001).
 ENTER = text("select tenant_guard.enter(:org, :usr, :proof), tenant_guard.check_user(:org, :usr)")
+_ENTER_PYFORMAT = ("select tenant_guard.enter(%(org)s, %(usr)s, %(proof)s), "
+                   "tenant_guard.check_user(%(org)s, %(usr)s)")
 FOREIGN_USER_SQLSTATE = "TW001"
 _HAS_GUARD = ("select coalesce(has_function_privilege(to_regprocedure('tenant_guard.register_connection()'), "
               "'EXECUTE'), false)")
@@ -45,6 +47,24 @@ def enter_parameters(connection: Connection, organization_id: str, user_id: str)
             "this database connection has no tenant key: it was opened before `migrate` created tenant_guard, "
             "or the runtime role may not execute tenant_guard.register_connection(); run migrate and reconnect")
     return {"org": organization_id, "usr": user_id, "proof": proof(key, organization_id, user_id)}
+
+
+def enter_statement(dbapi_connection: Any, parameters: dict[str, str]) -> str:
+    """``ENTER`` with its parameters quoted by the driver: complete SQL, to be sent in front of another statement."""
+    # The base class's cursor: the connection's own would first send what it owes the next statement.
+    cursor = psycopg2.extensions.connection.cursor(dbapi_connection)
+    try:
+        return cursor.mogrify(_ENTER_PYFORMAT, parameters).decode()
+    finally:
+        cursor.close()
+
+
+def tenant_conflict(error: BaseException | None) -> TenantConflictError | None:
+    """The TenantConflictError for a database error raised by ``check_user`` (a user of another organization)."""
+    if getattr(error, "pgcode", None) != FOREIGN_USER_SQLSTATE:
+        return None
+    diag = getattr(error, "diag", None)
+    return TenantConflictError(getattr(diag, "message_primary", None) or "user_id is a user of another organization")
 
 
 def _register_connection(dbapi_connection: Any, connection_record: Any) -> None:

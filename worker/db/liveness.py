@@ -47,7 +47,7 @@ def _check_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
             cursor.execute("select 1")
         finally:
             cursor.close()
-        dbapi_connection.commit()  # keeps a session reset sent with the ping (worker/db/session_reset.py)
+        dbapi_connection.commit()  # keeps a session reset sent with the ping (worker/db/prefixed_connection.py)
     except psycopg2.Error as exc:
         raise DisconnectionError(f"pooled database connection is gone: {exc.__class__.__name__}") from exc
 

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, SessionTransaction
 from worker.db import criteria, guard
 from worker.db.criteria import TENANT_INFO_KEY, session_tenant
 from worker.db.engine import get_engine, refuse_autocommit
-from worker.errors import TenantConflictError, TenantContextError
+from worker.db.prefixed_connection import PrefixedConnection
+from worker.errors import TenantContextError
 from worker.tenant.context import Tenant, normalize_id
 
 __all__ = ["TENANT_INFO_KEY", "session_tenant", "set_tenant", "tenant_session"]
@@ -42,15 +43,21 @@ def _tenant(organization_id: object, user_id: object) -> Tenant:
 
 def _apply(connection: Connection, tenant: Tenant) -> None:
     refuse_autocommit(connection)
-    # One round trip, as the plain set_config it replaces: tenant_guard.enter checks the proof and sets both
-    # settings plus the seal that the policies require (revision 0002; see worker/db/guard.py).
+    # tenant_guard.enter checks the proof and sets both settings plus the seal that the policies require
+    # (revision 0002; see worker/db/guard.py). On the worker's own connections it travels in front of the
+    # transaction's next statement, in the same message, so it costs no round trip of its own
+    # (worker/db/prefixed_connection.py); anywhere else it is a statement of its own.
+    parameters = guard.enter_parameters(connection, tenant.organization_id, tenant.user_id or "")
+    dbapi_connection = connection.connection.dbapi_connection
+    if isinstance(dbapi_connection, PrefixedConnection):
+        dbapi_connection.enter_tenant_with_next_statement(guard.enter_statement(dbapi_connection, parameters))
+        return
     try:
-        connection.execute(guard.ENTER, guard.enter_parameters(connection, tenant.organization_id,
-                                                               tenant.user_id or ""))
+        connection.execute(guard.ENTER, parameters)
     except DBAPIError as exc:
-        if getattr(exc.orig, "pgcode", None) == guard.FOREIGN_USER_SQLSTATE:
-            raise TenantConflictError(f"user_id {tenant.user_id} is a user of another organization than "
-                                      f"{tenant.organization_id}") from None
+        conflict = guard.tenant_conflict(exc.orig)
+        if conflict is not None:
+            raise conflict from None
         raise
 
 
