@@ -13,9 +13,10 @@ and anything run on a Connection instead of a Session; only RLS covers those.
 from __future__ import annotations
 
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import Alias, BindParameter, ClauseElement, Table, event, inspect
+from sqlalchemy import Alias, BindParameter, ClauseElement, Table, Uuid, bindparam, event, inspect
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, with_loader_criteria
 
 from worker.db.models import TENANT_TABLES, Organization, TenantMixin
@@ -31,6 +32,27 @@ _TOP_LEVEL_TABLES: dict[Any, tuple[tuple[Table, str], ...]] = {}
 _TOP_LEVEL_CACHE_SIZE = 2000
 
 
+# The organization of the statement being executed on this thread (or asyncio task). The loader criteria below are
+# built once per process and read it when the statement's parameters are made, inside the same execute call, right
+# after ``_filter_by_tenant`` set it: building two ``with_loader_criteria`` lambdas per statement cost more CPU than
+# the query.
+_STATEMENT_ORGANIZATION: ContextVar[uuid.UUID | None] = ContextVar("worker_db_statement_organization", default=None)
+
+
+def _statement_organization() -> uuid.UUID:
+    org = _STATEMENT_ORGANIZATION.get()
+    if org is None:  # criteria reached a statement that no tenant session prepared: match no row
+        return uuid.UUID(int=0)
+    return org
+
+
+_ORGANIZATION = bindparam("worker_tenant_organization", callable_=_statement_organization, type_=Uuid())
+_LOADER_CRITERIA = (
+    with_loader_criteria(TenantMixin, lambda cls: cls.organization_id == _ORGANIZATION, include_aliases=True),
+    with_loader_criteria(Organization, lambda cls: cls.id == _ORGANIZATION, include_aliases=True),
+)
+
+
 def session_tenant(session: Session) -> Tenant | None:
     return session.info.get(TENANT_INFO_KEY)
 
@@ -39,8 +61,10 @@ def _filter_by_tenant(state: ORMExecuteState) -> None:
     tenant = session_tenant(state.session)
     if tenant is None or tenant.organization_id is None:
         return
-    # Lazy and column loads inherit the criteria from the statement that loaded the parent.
+    # Lazy and column loads inherit the criteria from the statement that loaded the parent; the organization in
+    # them is this session's (another session may have run a statement on this thread since).
     if state.is_column_load or state.is_relationship_load:
+        _STATEMENT_ORGANIZATION.set(uuid.UUID(tenant.organization_id))
         return
     if state.is_insert or state.is_update:
         _refuse_foreign_values(state, tenant.organization_id)
@@ -54,11 +78,8 @@ def _filter_by_tenant(state: ORMExecuteState) -> None:
         if column is not None:
             state.statement = state.statement.where(table.c[column] == org)
         return
-    # The lambdas are cached by SQLAlchemy; ``org`` becomes a bound parameter, not part of the cache key.
-    statement = state.statement.options(
-        with_loader_criteria(TenantMixin, lambda cls: cls.organization_id == org, include_aliases=True),
-        with_loader_criteria(Organization, lambda cls: cls.id == org, include_aliases=True),
-    )
+    _STATEMENT_ORGANIZATION.set(org)
+    statement = state.statement.options(*_LOADER_CRITERIA)
     extra = _top_level_predicates(state.statement, statement, org)
     if extra:
         statement = statement.where(*extra)
