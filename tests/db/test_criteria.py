@@ -166,3 +166,11 @@ def test_core_update_and_delete_through_a_session_are_filtered(without_rls) -> N
     with tenant_session(orgs[0], engine=engine) as db:
         assert db.scalar(select(func.count()).where(TestSet.name == "renamed")) == 0
         assert db.scalar(select(func.count()).select_from(Test)) == 4
+
+
+def test_a_lazy_load_is_filtered_by_its_own_session_after_another_tenant_ran_a_statement(without_rls) -> None:
+    _db, engine, orgs, ids = without_rls
+    with tenant_session(orgs[0], engine=engine) as a, tenant_session(orgs[1], engine=engine) as b:
+        own_set = a.get(TestSet, uuid.UUID(ids[orgs[0]][0]))
+        assert b.scalar(select(func.count()).select_from(TestSet)) == 1  # B's statement, on the same thread
+        assert sorted(t.prompt for t in own_set.tests) == ["p0", "p1", "p2"]  # A's lazy load, A's organization
