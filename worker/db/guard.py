@@ -25,10 +25,9 @@ from worker.errors import TenantConflictError, TenantContextError
 
 #: ``ConnectionRecord.info`` key of the connection's tenant key (bytes).
 KEY_INFO = "worker.db.tenant_key"
-# check_user (revision 0003) refuses a user of another organization in the same round trip (SQLSTATE TW001).
-ENTER = text("select tenant_guard.enter(:org, :usr, :proof), tenant_guard.check_user(:org, :usr)")
-_ENTER_PYFORMAT = ("select tenant_guard.enter(%(org)s, %(usr)s, %(proof)s), "
-                   "tenant_guard.check_user(%(org)s, %(usr)s)")
+# Since revision 0007 enter also refuses a user of another organization (SQLSTATE TW001; check_user before).
+ENTER = text("select tenant_guard.enter(:org, :usr, :proof)")
+_ENTER_PYFORMAT = "select tenant_guard.enter(%(org)s, %(usr)s, %(proof)s)"
 FOREIGN_USER_SQLSTATE = "TW001"
 _HAS_GUARD = ("select coalesce(has_function_privilege(to_regprocedure('tenant_guard.register_connection()'), "
               "'EXECUTE'), false)")
@@ -60,7 +59,7 @@ def enter_statement(dbapi_connection: Any, parameters: dict[str, str]) -> str:
 
 
 def tenant_conflict(error: BaseException | None) -> TenantConflictError | None:
-    """The TenantConflictError for a database error raised by ``check_user`` (a user of another organization)."""
+    """The TenantConflictError for the refusal of a user of another organization (``tenant_guard.enter``)."""
     if getattr(error, "pgcode", None) != FOREIGN_USER_SQLSTATE:
         return None
     diag = getattr(error, "diag", None)
