@@ -200,3 +200,26 @@ def test_statements_that_cannot_carry_the_reset_get_it_first(tenant_db, first_us
             assert conn.scalar(text("select current_setting('application_name')")) == "b0"
         cursor.close()
         _assert_clean(conn, pid)
+
+
+def test_transaction_defaults_a_task_changes_do_not_reach_the_next_borrower(tenant_db) -> None:
+    """The reset runs inside the next borrower's transaction, after BEGIN has taken the session's defaults."""
+    db, org = tenant_db
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    with tenant_session(org, engine=engine) as previous:
+        pid = previous.scalar(PID)
+        previous.execute(text("set default_transaction_read_only = on"))
+        previous.execute(text("set default_transaction_isolation = 'serializable'"))
+        previous.execute(text("set default_transaction_deferrable = on"))
+    for _ in range(2):  # a rolled-back first transaction must not bring them back either
+        with pytest.raises(ZeroDivisionError), tenant_session(org, engine=engine) as session:
+            assert session.scalar(PID) == pid
+            assert session.scalar(text("select current_setting('transaction_read_only')")) == "off"
+            assert session.scalar(text("select current_setting('transaction_isolation')")) == "read committed"
+            session.add(TestSet(name="written by the next borrower"))
+            session.flush()
+            raise ZeroDivisionError  # roll back
+    with tenant_session(org, engine=engine) as session:
+        session.add(TestSet(name="written by the next borrower"))
+    with tenant_session(org, engine=engine) as session:
+        assert session.scalar(select(func.count()).select_from(TestSet)) == 3

@@ -91,7 +91,7 @@ def get_engine(url: str | None = None, **options: Any) -> Engine:
         except TenantContextError:
             engine.dispose()
             raise
-        event.listen(engine, "connect", _refuse_preset_tenant)
+        event.listen(engine, "connect", _check_new_connection)
         if reset:
             prefixed_connection.install(engine)
             # The tenant's entry travels with another statement: its refusal arrives as that statement's error.
@@ -108,22 +108,36 @@ def _tenant_conflict(context: Any) -> None:
         raise conflict
 
 
-def _refuse_preset_tenant(dbapi_connection: Any, _record: Any) -> None:
-    """A new connection must start without a tenant.
+def _check_new_connection(dbapi_connection: Any, _record: Any) -> None:
+    """A new connection must start without a tenant, and its transactions keep the defaults it started with.
 
     ``ALTER ROLE/DATABASE ... SET app.current_organization`` or ``-c`` options in the URL would give every
     connection without a tenant that organization's rows; the policies fail closed only on an empty setting.
+
+    A task can change the session's transaction defaults (``SET default_transaction_read_only = on``). The session
+    reset runs inside the next borrower's transaction, after ``BEGIN`` has already taken those defaults, so the
+    next borrower's transaction would be read-only, and rolling it back would bring the setting back for the one
+    after. Pinning the connection's own defaults, read before any task's SQL ran, makes psycopg2 name them in
+    every ``BEGIN``. An isolation level the engine or SQLAlchemy set is left as it is.
     """
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("select current_setting('app.current_organization', true)")
-        preset = cursor.fetchone()[0]
+        cursor.execute("select current_setting('app.current_organization', true), "
+                       "current_setting('default_transaction_isolation'), "
+                       "current_setting('default_transaction_read_only') = 'on', "
+                       "current_setting('default_transaction_deferrable') = 'on'")
+        preset, isolation, read_only, deferrable = cursor.fetchone()
     finally:
         cursor.close()
     dbapi_connection.rollback()
     if preset:
         raise TenantContextError(f"new database connections start with app.current_organization={preset!r} "
                                  "(ALTER ROLE/DATABASE ... SET, or options in DATABASE_URL); remove that default")
+    if isinstance(dbapi_connection, PrefixedConnection):
+        dbapi_connection.set_session(
+            isolation_level=isolation.upper() if dbapi_connection.isolation_level is None else None,
+            readonly=read_only if dbapi_connection.readonly is None else None,
+            deferrable=deferrable if dbapi_connection.deferrable is None else None)
 
 
 def dispose_engines_after_fork() -> None:

@@ -94,7 +94,10 @@ class PrefixedConnection(psycopg2.extensions.connection):
 
     def pending_prefix(self) -> str:
         prefix = RESET_SQL if self.reset_due else ""
-        return prefix + f"{self.tenant_entry}; " if self.tenant_entry else prefix
+        if self.tenant_entry:
+            prefix += f"{self.tenant_entry}; "
+        # On a line of its own: PostgreSQL quotes the failing statement's line in errors, which tasks log and store.
+        return prefix + "\n" if prefix else ""
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs.get("name") or kwargs.get("cursor_factory") is not None:
