@@ -52,6 +52,7 @@ image:
 bench: install
 	$(PY) -m bench.run
 	$(PY) -m bench.execution
+	$(PY) -m bench.tenancy
 
 # The development databases live on the PostgreSQL server, not under .run: drop them first.
 clean:

@@ -8,20 +8,16 @@ headers. Prints the medians and their ratio; nothing is asserted.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import statistics
 import sys
 import uuid
 
-from bench.run import RUN_DIR, drain
-from config import load_settings
-from tests.conftest import base_environment, start_worker_process
-from worker.dev.provision import drop_database, provision_database
-from worker.dev.services import free_port, postgres_admin_url, redis_base_url
+from bench.common import RUN_DIR, bench_environment, drain, env_int, migrated_database, product_client
+from tests.conftest import start_worker_process
+from worker.dev.services import free_port
 
-TASKS_PER_ROUND = int(os.environ.get("BENCH_TASKS", "1500"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+TASKS_PER_ROUND = env_int("BENCH_TASKS", 1500)
+ROUNDS = env_int("BENCH_ROUNDS", 3)
 HEADERS = {"organization_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
 
 
@@ -37,28 +33,14 @@ def one_round(env: dict[str, str], client, metrics: bool) -> float:  # type: ign
 
 
 def main() -> int:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    admin_url = postgres_admin_url(RUN_DIR)
-    db = provision_database(admin_url, prefix="twbench")
-    try:
-        from worker.app import create_app
-        from worker.db.migrate import migrate
-
-        migrate(db.owner_url, db.runtime_url)
-        env = base_environment(redis_base_url(RUN_DIR), db, f"twbench-{secrets.token_hex(4)}:")
-        client = create_app(load_settings(environ=env), main="bench-client")
-        import bench.tasks  # noqa: F401 - task names for the client
-
+    with migrated_database() as db:
+        env = bench_environment(db)
+        client = product_client(env)
         off, on = [], []
         for _ in range(ROUNDS):
             off.append(one_round(env, client, metrics=False))
             on.append(one_round(env, client, metrics=True))
         client.close()
-    finally:
-        from worker.db.engine import reset_engines
-
-        reset_engines()
-        drop_database(admin_url, db)
     print(json.dumps({"metrics_off_tasks_per_s": [round(r, 1) for r in off],
                       "metrics_on_tasks_per_s": [round(r, 1) for r in on],
                       "on_over_off": round(statistics.median(on) / statistics.median(off), 3)}, indent=2))

@@ -14,48 +14,30 @@ Results go to stdout and `bench/results/latest.json`. No absolute number is asse
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 
-import psutil
+from bench.common import (
+    RESULTS_DIR,
+    RUN_DIR,
+    bench_environment,
+    drain,
+    env_int,
+    migrated_database,
+    product_client,
+    rss_mb,
+)
+from tests.conftest import start_worker_process
 
-from config import load_settings
-from tests.conftest import base_environment, start_worker_process
-from worker.dev.provision import drop_database, provision_database
-from worker.dev.services import postgres_admin_url, redis_base_url
-
-ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR = ROOT / ".run" / "bench"
-TASKS_PER_ROUND = int(os.environ.get("BENCH_TASKS", "1500"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+TASKS_PER_ROUND = env_int("BENCH_TASKS", 1500)
+ROUNDS = env_int("BENCH_ROUNDS", 3)
 ORG, USER = str(uuid.uuid4()), str(uuid.uuid4())
 
 
-def drain(app, name: str, count: int, headers: dict | None) -> float:  # type: ignore[no-untyped-def]
-    task = app.tasks[name]
-    started = time.perf_counter()
-    results = [task.apply_async(headers=headers) for _ in range(count)]
-    for result in results:
-        result.get(timeout=300)
-    return count / (time.perf_counter() - started)
-
-
-def rss_mb(pid: int) -> float:
-    proc = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
-
-
 def task_benchmark(env: dict[str, str]) -> dict:
-    from worker.app import create_app
-
-    client = create_app(load_settings(environ=env), main="bench-client")
-    import bench.tasks  # noqa: F401 - task names for the client
-
+    client = product_client(env)
     worker = start_worker_process(env, RUN_DIR, pool="prefork", concurrency=2, app="bench.worker_app",
                                   ping_app=client)
     try:
@@ -131,26 +113,13 @@ def database_benchmark(admin_url: str, owner_url: str, runtime_url: str, queries
 
 
 def main() -> int:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    admin_url = postgres_admin_url(RUN_DIR)
-    db = provision_database(admin_url, prefix="twbench")
-    try:
-        from worker.db.migrate import migrate
-
-        migrate(db.owner_url, db.runtime_url)
+    with migrated_database() as db:
         results = {}
         if "--database-only" not in sys.argv:
-            env = base_environment(redis_base_url(RUN_DIR), db, f"twbench-{secrets.token_hex(4)}:")
-            results["tasks"] = task_benchmark(env)
+            results["tasks"] = task_benchmark(bench_environment(db))
         results["database"] = database_benchmark(db.admin_url, db.owner_url, db.runtime_url)
-    finally:
-        from worker.db.engine import reset_engines
-
-        reset_engines()
-        drop_database(admin_url, db)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "latest.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
 

@@ -105,24 +105,36 @@ def start_worker_process(env: dict[str, str], run_dir: Path, pool: str = "prefor
                          app: str = "tests.support.worker_app", extra_args: tuple[str, ...] = (),
                          ping_app=None, timeout: float = 60) -> WorkerProcess:  # type: ignore[no-untyped-def]
     node = f"test-{pool}-{secrets.token_hex(3)}@localhost"
-    log_path = run_dir / f"{node}.log"
     args = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool, "--concurrency", str(concurrency),
             "--queues", "celery,execution", "--hostname", node, "--loglevel", "INFO", "--without-gossip",
             "--without-mingle", *extra_args]
+    worker = spawn_worker_process(args, node, env, run_dir)
+    wait_until_ready(worker, ping_app, timeout)
+    return worker
+
+
+def spawn_worker_process(args: list[str], node: str, env: dict[str, str], run_dir: Path) -> WorkerProcess:
+    """Start ``args`` (a worker command line whose node name is ``node``) with its output in a log file, without
+    waiting for it (the benchmarks time a worker from its spawn)."""
+    log_path = run_dir / f"{node}.log"
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     register_environment(full_env, f"worker {node}")
     register_output_file(log_path, f"worker {node}")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    worker = WorkerProcess(node, proc, log_path, env)
+    return WorkerProcess(node, proc, log_path, env)
+
+
+def wait_until_ready(worker: WorkerProcess, ping_app=None, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Until the worker answers a ping (with ``ping_app``) or logs "ready."; stopped and RuntimeError otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}:\n{worker.log()[-4000:]}")
-        if ping_app is not None and ping_app.control.ping(destination=[node], timeout=0.5):
-            return worker
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.proc.returncode}:\n{worker.log()[-4000:]}")
+        if ping_app is not None and ping_app.control.ping(destination=[worker.node], timeout=0.5):
+            return
         if ping_app is None and "ready." in worker.log():
-            return worker
+            return
         time.sleep(0.2)
     worker.stop()
     raise RuntimeError(f"worker did not become ready in {timeout}s:\n{worker.log()[-4000:]}")

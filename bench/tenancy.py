@@ -1,0 +1,311 @@
+"""`python -m bench.tenancy`: the cost of tenancy, against bare Celery with the same settings, in one run.
+
+Every worker is started the way the image starts it (`python -m worker worker`, the launcher that execs
+`celery -A worker.app worker` with the argv of config/worker_command.py) at the image defaults (prefork,
+concurrency 8, prefetch 1, late acks, ...), with `--include bench.tasks` added through CELERY_WORKER_OPTS. The
+baseline is bench/bare.py: a plain Celery app with the product's Celery settings and the same worker argv.
+Everything talks to a private redis-server started for this run (its command statistics see no other client).
+
+1. throughput: no-op tasks, the product's BaseTask no-op with tenant headers against bare Celery's no-op; a fresh
+   worker per round, a warm-up per round outside the timing, rounds in ABBA order; per-pair ratios and their
+   median, quartiles, min-max and a bootstrap 90 % interval of the median.
+2. redis_commands: `INFO commandstats` per task (producer and result reads included), after `CONFIG RESETSTAT`,
+   for the product worker with the plain no-op and no headers, with the tenant no-op and headers, and bare Celery.
+3. start_to_first_task: a task enqueued first, then the worker spawned; seconds from spawn to the task's result.
+4. memory: RSS of the worker's whole process tree after the warm-up and after the measured tasks (from part 1).
+5. flower: the product worker's throughput with Flower beside it (ENABLE_FLOWER=yes, as the image runs it)
+   against without; ABBA rounds, per-pair ratios.
+
+Sizes: BENCH_TENANCY_TASKS (tasks per measured round), BENCH_TENANCY_WARMUP, BENCH_TENANCY_ROUNDS (pairs of
+rounds for part 1), BENCH_TENANCY_FLOWER_ROUNDS (pairs for part 5), BENCH_TENANCY_STARTS (spawns per worker kind
+for part 3), BENCH_TENANCY_STATS_TASKS (tasks per part 2 batch), BENCH_TENANCY_CONCURRENCY (instead of the image's
+concurrency, for both kinds). Results go to stdout and bench/results/tenancy.json; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+from bench.bare import NOOP, create_bare_app
+from bench.common import (
+    RESULTS_DIR,
+    RUN_DIR,
+    bench_environment,
+    drain,
+    env_int,
+    migrated_database,
+    product_client,
+    pss_mb,
+    rss_mb,
+)
+from bench.spread import pair_ratios, summarize
+from config import load_settings
+from config.worker_command import worker_argv
+from tests.conftest import WorkerProcess, spawn_worker_process, wait_until_ready
+from worker.dev.services import free_port, start_redis, stop_embedded_servers
+from worker.launch.command import celery_environment
+
+TASKS = env_int("BENCH_TENANCY_TASKS", 1000)
+WARMUP = env_int("BENCH_TENANCY_WARMUP", 100)
+PAIRS = env_int("BENCH_TENANCY_ROUNDS", 6)
+FLOWER_PAIRS = env_int("BENCH_TENANCY_FLOWER_ROUNDS", 3)
+STARTS = env_int("BENCH_TENANCY_STARTS", 5)
+STATS_TASKS = env_int("BENCH_TENANCY_STATS_TASKS", 500)
+TENANT_HEADERS = {"organization_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
+PRODUCT_OPTS = {"CELERY_WORKER_OPTS": "--include bench.tasks"}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of worker: how to spawn it, and the producer and task that feed it."""
+
+    name: str
+    command: Callable[[dict[str, str]], tuple[list[str], dict[str, str]]]
+    client: Celery
+    task: str
+    headers: dict[str, str] | None = None
+    env: dict[str, str] | None = None
+
+
+def launcher_command(env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """What entrypoint.sh runs for `worker`: the launcher, which validates, logs and execs celery."""
+    return [sys.executable, "-m", "worker", "worker"], env
+
+
+def celery_command(app: str) -> Callable[[dict[str, str]], tuple[list[str], dict[str, str]]]:
+    """`celery -A app` with the launcher's own worker argv and environment for ``env`` (settings cannot drift)."""
+    def command(env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        argv = worker_argv(load_settings(environ=env))[3:]
+        return [sys.executable, "-m", "celery", "-A", app, *argv], celery_environment(env)
+    return command
+
+
+def spawn(kind: Kind, base_env: dict[str, str]) -> WorkerProcess:
+    node = f"bench-{kind.name}-{secrets.token_hex(3)}@localhost"
+    env = {**base_env, **(kind.env or {}), "CELERY_WORKER_HOSTNAME": node,
+           "WORKER_HEALTH_DIR": str(RUN_DIR / "health" / node)}
+    argv, env = kind.command(env)
+    return spawn_worker_process(argv, node, env, RUN_DIR)
+
+
+def started(kind: Kind, base_env: dict[str, str]) -> WorkerProcess:
+    worker = spawn(kind, base_env)
+    wait_until_ready(worker, kind.client, timeout=120)
+    if kind.env and kind.env.get("ENABLE_FLOWER") == "yes":
+        wait_for_flower(int(kind.env["FLOWER_PORT"]))
+    return worker
+
+
+def wait_for_flower(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"Flower did not answer on port {port} within {timeout}s")
+
+
+def throughput_round(kind: Kind, base_env: dict[str, str]) -> dict[str, float]:
+    """A fresh worker: warm-up (untimed), then TASKS timed; the worker tree's RSS after each."""
+    worker = started(kind, base_env)
+    try:
+        drain(kind.client, kind.task, WARMUP, kind.headers)
+        warm = {"rss_warm_mb": rss_mb(worker.proc.pid), "pss_warm_mb": pss_mb(worker.proc.pid)}
+        rate = drain(kind.client, kind.task, TASKS, kind.headers)
+        return {"tasks_per_s": rate, **warm, "rss_after_mb": rss_mb(worker.proc.pid),
+                "pss_after_mb": pss_mb(worker.proc.pid)}
+    finally:
+        worker.stop()
+
+
+def abba(candidate: Kind, baseline: Kind, pairs: int, base_env: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """Rounds in ABBA order (AB, BA, AB, ...): a drift in the machine's load hits both kinds alike."""
+    a, b = [], []
+    for pair in range(pairs):
+        order = (candidate, baseline) if pair % 2 == 0 else (baseline, candidate)
+        for kind in order:
+            (a if kind is candidate else b).append(throughput_round(kind, base_env))
+    return a, b
+
+
+def compared(candidate: list[dict], baseline: list[dict], names: tuple[str, str]) -> dict:
+    rates = {name: [r["tasks_per_s"] for r in rounds] for name, rounds in zip(names, (candidate, baseline),
+                                                                              strict=True)}
+    return {f"{name}_tasks_per_s": [round(r, 1) for r in rounds] for name, rounds in rates.items()} | {
+        f"{names[0]}_over_{names[1]}": summarize(pair_ratios(*rates.values()))}
+
+
+def memory(rounds: list[dict]) -> dict[str, float]:
+    """Medians over the rounds; RSS counts pages shared by the forked pool once per process, PSS once in all."""
+    return {f"{size}_{when}_mb": round(statistics.median(r[f"{size}_{key}_mb"] for r in rounds), 1)
+            for size in ("rss", "pss") for key, when in (("warm", "after_warmup"), ("after", "after_tasks"))}
+
+
+def per_task(server: redis.Redis, tasks: int) -> dict[str, float]:
+    """Commands per task since the last CONFIG RESETSTAT (every client of the private server counts but this
+    benchmark's own CONFIG and INFO)."""
+    stats = server.info("commandstats")
+    return {name.removeprefix("cmdstat_"): round(entry["calls"] / tasks, 2) for name, entry in sorted(stats.items())
+            if name not in ("cmdstat_config|resetstat", "cmdstat_info")}
+
+
+def consuming(kind: Kind, worker: WorkerProcess, queues: list[str], on: bool) -> None:
+    control = kind.client.control
+    for queue in queues:
+        (control.add_consumer if on else control.cancel_consumer)(queue, destination=[worker.node], reply=True)
+
+
+def command_batch(kind: Kind, worker: WorkerProcess, server: redis.Redis, task: str, headers: dict | None,
+                  queues: list[str], tasks: int) -> dict[str, dict[str, float]]:
+    """Publishing ``tasks`` tasks while the worker consumes nothing, then consuming them from a full queue: so
+    that neither phase counts the idle polls of a worker that drained faster than the producer published."""
+    consuming(kind, worker, queues, on=False)
+    gc.collect()  # results of earlier batches unsubscribe when collected: not inside this one
+    server.config_resetstat()
+    results = [kind.client.tasks[task].apply_async(headers=headers) for _ in range(tasks)]
+    publish = per_task(server, tasks)
+    server.config_resetstat()
+    consuming(kind, worker, queues, on=True)
+    for result in results:
+        result.get(timeout=300)
+    del results
+    gc.collect()
+    return {"publish": publish, "consume": per_task(server, tasks)}
+
+
+def redis_commands(product: Kind, bare: Kind, server: redis.Redis, base_env: dict[str, str], queues: list[str],
+                   tasks: int = STATS_TASKS, warmup: int = WARMUP) -> dict:
+    counts = {}
+    worker = started(product, base_env)
+    try:
+        drain(product.client, "bench.noop_plain", warmup)
+        drain(product.client, product.task, warmup, product.headers)
+        counts["product_plain_no_headers"] = command_batch(product, worker, server, "bench.noop_plain", None, queues,
+                                                           tasks)
+        counts["product_tenant_headers"] = command_batch(product, worker, server, product.task, product.headers,
+                                                         queues, tasks)
+    finally:
+        worker.stop()
+    worker = started(bare, base_env)
+    try:
+        drain(bare.client, bare.task, warmup)
+        counts["bare_celery"] = command_batch(bare, worker, server, bare.task, None, queues, tasks)
+    finally:
+        worker.stop()
+    a, b, c = counts.values()
+    counts["tenant_minus_plain"] = {phase: differences(b[phase], a[phase]) for phase in b}
+    counts["tenant_minus_bare"] = {phase: differences(b[phase], c[phase]) for phase in b}
+    return counts
+
+
+def differences(candidate: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
+    names = sorted(set(candidate) | set(baseline))
+    return {name: round(candidate.get(name, 0) - baseline.get(name, 0), 2) for name in names
+            if round(candidate.get(name, 0) - baseline.get(name, 0), 2)}
+
+
+def first_task_seconds(kind: Kind, base_env: dict[str, str]) -> float:
+    """From spawning the worker to the result of a task enqueued before it."""
+    result = kind.client.tasks[kind.task].apply_async(headers=kind.headers)
+    begun = time.perf_counter()
+    worker = spawn(kind, base_env)
+    try:
+        result.get(timeout=120)
+        return time.perf_counter() - begun
+    finally:
+        worker.stop()
+
+
+def start_times(kinds: list[Kind], base_env: dict[str, str]) -> dict:
+    seconds: dict[str, list[float]] = {kind.name: [] for kind in kinds}
+    for run in range(STARTS):
+        for kind in kinds if run % 2 == 0 else reversed(kinds):
+            seconds[kind.name].append(first_task_seconds(kind, base_env))
+    return {name: {"median_s": round(statistics.median(runs), 2), "runs_s": [round(s, 2) for s in runs]}
+            for name, runs in seconds.items()}
+
+
+def machine_state() -> dict:
+    return {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def worker_environment(env: dict[str, str], concurrency: str | None = None) -> dict[str, str]:
+    """``env`` plus this interpreter's bin directory on PATH: the launcher execs ``celery`` found there."""
+    return {**env, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
+            **({"CELERY_WORKER_CONCURRENCY": concurrency} if concurrency else {})}
+
+
+def worker_kinds(product_app: Celery, bare_app: Celery) -> dict[str, Kind]:
+    return {
+        "product": Kind("product", launcher_command, product_app, "bench.noop_tenant", TENANT_HEADERS, PRODUCT_OPTS),
+        "bare": Kind("bare", celery_command("bench.bare_app"), bare_app, NOOP),
+        "direct": Kind("product_without_launcher", celery_command("worker.app"), product_app, "bench.noop_tenant",
+                       TENANT_HEADERS, PRODUCT_OPTS),
+        "flower": Kind("flower", launcher_command, product_app, "bench.noop_tenant", TENANT_HEADERS,
+                       {**PRODUCT_OPTS, "ENABLE_FLOWER": "yes", "FLOWER_UNAUTHENTICATED": "yes",
+                        "FLOWER_PORT": str(free_port())}),
+    }
+
+
+def run_all(db_env: dict[str, str], server: redis.Redis) -> dict:
+    base_env = worker_environment(db_env, os.environ.get("BENCH_TENANCY_CONCURRENCY"))
+    settings = load_settings(environ=base_env)
+    product_app, bare_app = product_client(base_env), create_bare_app(settings, main="bench-bare-client")
+    kinds = worker_kinds(product_app, bare_app)
+    product, bare, direct, flower = kinds["product"], kinds["bare"], kinds["direct"], kinds["flower"]
+    results: dict = {"settings": {"argv": worker_argv(settings)[3:], "tasks_per_round": TASKS, "warmup": WARMUP,
+                                  "pairs": PAIRS, "flower_pairs": FLOWER_PAIRS, "starts": STARTS,
+                                  "stats_tasks": STATS_TASKS},
+                     "machine_before": machine_state()}
+    try:
+        product_rounds, bare_rounds = abba(product, bare, PAIRS, base_env)
+        results["throughput"] = compared(product_rounds, bare_rounds, ("product", "bare"))
+        results["memory"] = {"product": memory(product_rounds), "bare": memory(bare_rounds),
+                             "tasks_after_warmup": TASKS}
+        results["redis_commands_per_task"] = redis_commands(product, bare, server, base_env,
+                                                            settings.celery_worker_queues)
+        results["start_to_first_task"] = start_times([product, direct, bare], base_env)
+        with_flower, without = abba(flower, product, FLOWER_PAIRS, base_env)
+        results["flower"] = compared(with_flower, without, ("with_flower", "without_flower"))
+    finally:
+        gc.collect()  # pending results unsubscribe when collected: while their Redis still runs
+        product_app.close()
+        bare_app.close()
+    results["machine_after"] = machine_state()
+    return results
+
+
+def main() -> int:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    redis_url, _ = start_redis(RUN_DIR)
+    server = redis.Redis.from_url(redis_url)
+    try:
+        with migrated_database() as db:
+            results = run_all(bench_environment(db, redis_url), server)
+    finally:
+        server.close()
+        stop_embedded_servers()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "tenancy.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
