@@ -12,28 +12,25 @@ per transaction are counted on the wire (tests/support/pg_wire.py). Nothing is a
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
+from bench.common import RESULTS_DIR, env_int, migrated_database
+from bench.spread import summarize
 from tests.support.pg_wire import counting_queries
-from worker.db.engine import get_engine, reset_engines
+from worker.db.engine import get_engine
 from worker.db.models import Organization, TestSet
 from worker.db.session import tenant_session
-from worker.dev.provision import drop_database, provision_database
-from worker.dev.services import postgres_admin_url
+from worker.dev.provision import ProvisionedDatabase
 
-ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR = ROOT / ".run" / "bench"
-TRANSACTIONS = int(os.environ.get("BENCH_DB_TRANSACTIONS", "400"))
-PAIRS = int(os.environ.get("BENCH_DB_PAIRS", "12"))
+TRANSACTIONS = env_int("BENCH_DB_TRANSACTIONS", 400)
+PAIRS = env_int("BENCH_DB_PAIRS", 12)
 SQL = text("select count(*) from test_set where organization_id = :o")
 
 
@@ -57,15 +54,11 @@ def _paired(baseline: Callable[[], object], candidate: Callable[[], object]) -> 
         base_rates.append(rates[baseline])
         cand_rates.append(rates[candidate])
         ratios.append(rates[candidate] / rates[baseline])
-    quartiles = statistics.quantiles(ratios, n=4)
     return {"baseline_per_s": round(statistics.median(base_rates)),
-            "tenant_per_s": round(statistics.median(cand_rates)),
-            "ratio_median": round(statistics.median(ratios), 3),
-            "ratio_iqr": [round(quartiles[0], 3), round(quartiles[2], 3)],
-            "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
+            "tenant_per_s": round(statistics.median(cand_rates)), "ratio": summarize(ratios)}
 
 
-def _round_trips(db, org: uuid.UUID) -> dict:  # type: ignore[no-untyped-def]
+def _round_trips(db: ProvisionedDatabase, org: uuid.UUID) -> dict:
     with counting_queries(db.runtime_url) as wire:
         tenant_engine = get_engine(wire.url(db.runtime_url), pool_size=1, max_overflow=0, pool_timeout=30)
         plain_engine = create_engine(wire.url(db.admin_url), pool_size=1, max_overflow=0)
@@ -90,17 +83,17 @@ def _tenant(engine, org: uuid.UUID, statement) -> object:  # type: ignore[no-unt
         return db.scalar(statement, {"o": org}) if statement is SQL else db.scalar(statement)
 
 
-def database_benchmark(admin_url: str, owner_url: str, runtime_url: str, db) -> dict:  # type: ignore[no-untyped-def]
-    owner = create_engine(owner_url)
+def database_benchmark(db: ProvisionedDatabase) -> dict:
+    owner = create_engine(db.owner_url)
     org = uuid.uuid4()
     with tenant_session(org, None, engine=owner) as session:
         session.add(Organization(id=org, name="bench"))
         session.flush()
         session.add_all([TestSet(organization_id=org, name=f"s{i}") for i in range(20)])
     owner.dispose()
-    plain = create_engine(admin_url, pool_size=5, max_overflow=0)  # SQLAlchemy's defaults: no pre-ping, rollback
-    tenant = get_engine(runtime_url, pool_size=5, max_overflow=0, pool_timeout=30)
-    no_reset = get_engine(runtime_url, pool_size=5, max_overflow=0, pool_timeout=30, reset_session_state=False)
+    plain = create_engine(db.admin_url, pool_size=5, max_overflow=0)  # SQLAlchemy's defaults: no pre-ping, rollback
+    tenant = get_engine(db.runtime_url, pool_size=5, max_overflow=0, pool_timeout=30)
+    no_reset = get_engine(db.runtime_url, pool_size=5, max_overflow=0, pool_timeout=30, reset_session_state=False)
     orm = _orm(org)
     results = {
         "sql_text": _paired(lambda: _plain(plain, org, SQL), lambda: _tenant(tenant, org, SQL)),
@@ -113,20 +106,10 @@ def database_benchmark(admin_url: str, owner_url: str, runtime_url: str, db) -> 
 
 
 def main() -> int:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    admin_url = postgres_admin_url(RUN_DIR)
-    db = provision_database(admin_url, prefix="twbench")
-    try:
-        from worker.db.migrate import migrate
-
-        migrate(db.owner_url, db.runtime_url)
-        results = database_benchmark(db.admin_url, db.owner_url, db.runtime_url, db)
-    finally:
-        reset_engines()
-        drop_database(admin_url, db)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "database.json").write_text(json.dumps(results, indent=2))
+    with migrated_database() as db:
+        results = database_benchmark(db)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "database.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
 
