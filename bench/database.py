@@ -4,9 +4,11 @@ Baseline: a plain SQLAlchemy Session on an engine with SQLAlchemy's defaults, as
 query with its own ``WHERE organization_id = ...``. Candidate: ``tenant_session`` on the worker's engine as the
 runtime role: the sealed tenant (``tenant_guard.enter``), forced RLS, the ORM criteria, the session reset and the
 checkout liveness check. Both run the same statement, once as SQL text (``text()``, which the ORM criteria do not
-touch) and once as an ORM ``select``. Rounds alternate baseline and candidate (ABBA) so that drift cancels; the
-ratio is taken per pair of neighbouring rounds, and the median and spread of those ratios are reported. Round trips
-per transaction are counted on the wire (tests/support/pg_wire.py). Nothing is asserted.
+touch) and once as an ORM ``select``. ``session_reset`` compares the same tenant session with and without the
+session reset (the tenant's entry travels with the first statement in both). Rounds alternate baseline and
+candidate (ABBA) so that drift cancels; the ratio is taken per pair of neighbouring rounds and summarized by
+bench/spread.py. Round trips per transaction are counted on the wire (tests/support/pg_wire.py). Nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bench.spread import summarize
 from tests.support.pg_wire import counting_queries
 from worker.db.engine import get_engine
 from worker.db.models import Organization, TestSet
+from worker.db.prefixed_connection import PrefixedConnection
 from worker.db.session import tenant_session
 from worker.dev.provision import ProvisionedDatabase
 
@@ -36,6 +39,14 @@ SQL = text("select count(*) from test_set where organization_id = :o")
 
 def _orm(org: uuid.UUID):  # type: ignore[no-untyped-def]
     return select(func.count()).select_from(TestSet).where(TestSet.organization_id == org)
+
+
+class _ConnectionWithoutReset(PrefixedConnection):
+    """The worker's connection with the tenant's entry still sent with the first statement, but no session reset."""
+
+    def returned_to_pool(self) -> None:
+        super().returned_to_pool()
+        self.reset_due = False
 
 
 def _rate(transaction: Callable[[], object]) -> float:
@@ -93,7 +104,8 @@ def database_benchmark(db: ProvisionedDatabase) -> dict:
     owner.dispose()
     plain = create_engine(db.admin_url, pool_size=5, max_overflow=0)  # SQLAlchemy's defaults: no pre-ping, rollback
     tenant = get_engine(db.runtime_url, pool_size=5, max_overflow=0, pool_timeout=30)
-    no_reset = get_engine(db.runtime_url, pool_size=5, max_overflow=0, pool_timeout=30, reset_session_state=False)
+    no_reset = get_engine(db.runtime_url, pool_size=5, max_overflow=0, pool_timeout=30,
+                          connection_factory=_ConnectionWithoutReset)
     orm = _orm(org)
     results = {
         "sql_text": _paired(lambda: _plain(plain, org, SQL), lambda: _tenant(tenant, org, SQL)),
