@@ -217,6 +217,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("CELERY_WORKER_HOSTNAME", Pattern(r"[A-Za-z0-9_.%\-]+(@[A-Za-z0-9_.%\-]+)?",
                                              "a node name like worker@%h (letters, digits, _.%-, one @)"), "",
            "Worker node name; empty means Celery's default (celery@<host>).", scope="worker"),
+    Option("CELERY_WORKER_MINGLE", Boolean(), "no",
+           "Celery's mingle step at start-up: the worker waits about 1 s for the other workers' revoked task ids "
+           "and logical clocks. `no` (default) passes `--without-mingle` and starts about 1 s faster, but a worker "
+           "started after a `revoke` does not learn it from the running workers (each worker keeps revokes in its "
+           "memory only; `--statedb` in `CELERY_WORKER_OPTS` persists them per worker) and runs that task if it "
+           "gets the message. `yes` for deployments that revoke queued tasks while workers scale up.",
+           scope="worker"),
     Option("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", Integer(0, 86400), "60",
            "Seconds running tasks get to finish after SIGTERM before they are stopped.",
            scope="app"),  # app, not worker: build_celery_config puts it in the app's worker_soft_shutdown_timeout

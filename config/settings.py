@@ -57,6 +57,7 @@ class Settings(SettingsBase):
     celery_worker_queues: tuple[str, ...]
     celery_worker_pool: Literal["prefork", "threads", "gevent", "solo"]
     celery_worker_hostname: str
+    celery_worker_mingle: bool
     celery_worker_soft_shutdown_timeout: int
     celery_worker_opts: str
     worker_health_dir: str

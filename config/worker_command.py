@@ -10,7 +10,8 @@ from config.spec import ConfigError, clip
 WORKER_OPTIONS = (
     "CELERY_WORKER_CONCURRENCY", "CELERY_WORKER_PREFETCH_MULTIPLIER", "CELERY_WORKER_MAX_TASKS_PER_CHILD",
     "CELERY_WORKER_MAX_MEMORY_PER_CHILD", "CELERY_WORKER_LOGLEVEL", "CELERY_WORKER_QUEUES", "CELERY_WORKER_POOL",
-    "CELERY_WORKER_HOSTNAME", "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "CELERY_WORKER_OPTS", "ENABLE_FLOWER",
+    "CELERY_WORKER_HOSTNAME", "CELERY_WORKER_MINGLE", "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "CELERY_WORKER_OPTS",
+    "ENABLE_FLOWER",
 )
 
 
@@ -41,6 +42,10 @@ def worker_argv(settings: Settings) -> list[str]:
                           "allowed: options with balanced quotes") from None
     if extra:
         check_worker_options(extra)
+    if not settings.celery_worker_mingle and "--without-mingle" not in extra:
+        # Mingle waits about 1 s at every start for the other workers' revoked ids and clocks (bench/README.md).
+        # Deployments that set the flag in CELERY_WORKER_OPTS before this option existed keep one copy of it.
+        argv.append("--without-mingle")
     return argv + extra
 
 

@@ -283,7 +283,7 @@ def test_producer_import_ignores_worker_only_variables() -> None:
         assert len(checked.stderr.strip().splitlines()) == 1 and f"{variable}=" in checked.stderr
 
 
-YES_NO = ["REDIS_RETRY_ON_TIMEOUT", "REDIS_SOCKET_KEEPALIVE", "TASK_ACKS_LATE", "ENABLE_FLOWER",
+YES_NO = ["REDIS_RETRY_ON_TIMEOUT", "REDIS_SOCKET_KEEPALIVE", "TASK_ACKS_LATE", "CELERY_WORKER_MINGLE", "ENABLE_FLOWER",
           "FLOWER_UNAUTHENTICATED", "EXECUTION_ALLOW_PRIVATE_TARGETS"]
 YES_WORDS, NO_WORDS = ("yes", "true", "1", "on", "YES", " On "), ("no", "false", "0", "off", "")
 

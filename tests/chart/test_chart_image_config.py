@@ -259,6 +259,9 @@ POOL_CASES: dict[str, tuple[dict[str, Any], EnvFor, list[str]]] = {
     **{f"hostname {name!r}": ({"workers": [{"name": "default", "hostname": name}]},
                               in_workers({"CELERY_WORKER_HOSTNAME": name or "default@%h"}), ["hostname"])
        for name in ("", "w@%h", "%h", "w-%n@%d", "@%h", "%h@", "w@x@%h", "w@@%h", "w %h", "w@%h%%")},
+    **{f"mingle {flag}": ({"workers": [{"name": "default", "mingle": flag}]},
+                          in_workers({"CELERY_WORKER_MINGLE": word}), ["mingle"])
+       for flag, word in ((True, "yes"), (False, "no"))},
     # "auto" reaches the image as it is, which sizes it at launch (also above its own maximum: it clamps).
     "maxMemoryPerChild auto with a limit above the image's maximum": (
         {"workers": [{"name": "default", "concurrency": 1, "resources": {"limits": {"memory": "2Ti"}}}]},

@@ -140,6 +140,7 @@ OPTION_VALUES: dict[str, str | None] = {
     "CELERY_WORKER_LOGLEVEL": "/workerDefaults/loglevel", "CELERY_WORKER_QUEUES": "/workerDefaults/queues",
     "CELERY_WORKER_POOL": "/workerDefaults/pool", "CELERY_WORKER_HOSTNAME": "/workerDefaults/hostname",
     "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "/workerDefaults/softShutdownTimeout",
+    "CELERY_WORKER_MINGLE": "/workerDefaults/mingle",
     "CELERY_WORKER_OPTS": "/workerDefaults/extraArgs",
     "WORKER_HEALTH_DIR": None,  # always the image's default (FIXED_ENV), on the /tmp emptyDir
     "ENABLE_FLOWER": None,  # always no (FIXED_ENV): Flower is its own Deployment

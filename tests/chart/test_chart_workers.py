@@ -36,6 +36,7 @@ def test_default_renders_one_pool_consuming_celery_and_execution(render: Any) ->
     assert env["CELERY_WORKER_POOL"] == "prefork"
     assert env["CELERY_WORKER_HOSTNAME"] == "default@%h"
     assert env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] == "60"
+    assert env["CELERY_WORKER_MINGLE"] == "no", "pods start without Celery's 1 s mingle wait"
     for name, ref in SECRET_ENV.items():
         assert env[name] == ref
     assert c["envFrom"] == [{"configMapRef": {"name": FULLNAME}}]
@@ -50,7 +51,7 @@ def test_every_pool_value_reaches_the_container(render: Any) -> None:
     values = {"workers": [{
         "name": "tuned", "queues": ["execution", "priority.high"], "pool": "threads", "concurrency": 12,
         "prefetchMultiplier": 3, "maxTasksPerChild": 0, "maxMemoryPerChild": 250000, "loglevel": "DEBUG",
-        "hostname": "tuned-%h", "softShutdownTimeout": 45, "extraArgs": "--without-gossip --without-mingle",
+        "hostname": "tuned-%h", "softShutdownTimeout": 45, "extraArgs": "--without-gossip", "mingle": True,
         "env": [{"name": "EXTRA_FLAG", "value": "1"}],
     }]}
     env = env_of(render(values).worker("tuned"))
@@ -64,7 +65,8 @@ def test_every_pool_value_reaches_the_container(render: Any) -> None:
         "CELERY_WORKER_LOGLEVEL": "DEBUG",
         "CELERY_WORKER_HOSTNAME": "tuned-%h",
         "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "45",
-        "CELERY_WORKER_OPTS": "--without-gossip --without-mingle",
+        "CELERY_WORKER_MINGLE": "yes",
+        "CELERY_WORKER_OPTS": "--without-gossip",
     }
     assert env["EXTRA_FLAG"] == "1"
 

@@ -33,6 +33,9 @@ BOUNDARY_VALUES: dict[str, list[dict[str, str]]] = {
     "CELERY_WORKER_HOSTNAME": [{"CELERY_WORKER_HOSTNAME": ""}],
     "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": [{"CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "0"},
                                             {"CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "86400"}],
+    "CELERY_WORKER_MINGLE": [{"CELERY_WORKER_MINGLE": "yes"}, {"CELERY_WORKER_MINGLE": "no"},
+                             # the flag the option also adds: given twice, the worker must still start
+                             {"CELERY_WORKER_MINGLE": "no", "CELERY_WORKER_OPTS": "--without-mingle"}],
     "CELERY_WORKER_OPTS": [{"CELERY_WORKER_OPTS": ""}, {"CELERY_WORKER_OPTS": "--without-mingle"}],
     # Every worker of the test suite runs with it (the test's own Redis database).
     "CELERY_RESULT_BACKEND": [{}],

@@ -201,6 +201,10 @@ def pool_properties() -> dict[str, Any]:
             "contain %h or %n (the pod name) so that every replica gets its own node name: the preStop drain "
             "cancels the consumer of the pod's node name, which with a shared name would stop every replica. At "
             "most one @, with text on both sides.")},
+        "mingle": boolean("Celery's mingle step at start-up (CELERY_WORKER_MINGLE): the worker waits about 1 s "
+                          "for the other workers' revoked task ids. false starts faster, but a pod started after "
+                          "a revoke does not learn it; true for pools whose queued tasks are revoked while the "
+                          "pool scales up."),
         "softShutdownTimeout": option_int("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "Seconds running tasks get to "
                                           "finish after SIGTERM before they are stopped "
                                           "(CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT); also bounds the preStop drain."),
