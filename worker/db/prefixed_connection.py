@@ -12,8 +12,12 @@ Two things must happen before a borrower's first statement, and each used to cos
 
 Both are sent in front of the next statement, in the same query message, inside its transaction (psycopg2 has sent
 ``BEGIN`` by then): reset first, then the entry, then the statement, so no statement of the borrower ever runs
-before either. A message fails as a whole, so when the statement fails both stay pending; when a transaction that
-carried the reset rolls back, the reset's transactional half is undone with it and the reset is due again. Named
+before either. The reset ends with ``COMMIT AND CHAIN``: the borrower's SQL may say ``ROLLBACK`` (even in the same
+message), and a rolled-back reset would hand it the previous borrower's settings (and forward them to the next
+borrower); committed, it cannot be undone, and the chained transaction keeps the characteristics psycopg2's
+``BEGIN`` named. A message fails as a whole, so when the statement fails both stay pending (the reset, if it was
+already committed, is merely sent once more). Where the reset cannot commit on its own (a transaction already
+under way) and that transaction rolls back, the reset's transactional half is undone with it and is due again. Named
 cursors, COPY, ``executemany``, ``callproc``, large objects, a cursor class of the caller's choice and autocommit
 cannot carry a prefix: they get it as a statement of its own first.
 
@@ -32,6 +36,8 @@ from sqlalchemy import Engine, event
 #: ``DISCARD ALL`` without ``DISCARD PLANS``; every statement here may run inside a transaction block.
 RESET_SQL = ("CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; "
              "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; ")
+#: Ends the reset's transaction so that the borrower's own ROLLBACK cannot undo it (see the module docstring).
+RESET_COMMIT = "COMMIT AND CHAIN; "
 
 
 class PrefixedCursor(psycopg2.extensions.cursor):
@@ -49,7 +55,7 @@ class PrefixedCursor(psycopg2.extensions.cursor):
             prefixed = _prefixed(prefix if vars is None else prefix.replace("%", "%%"), query, connection)
             if prefixed is not None:
                 result = super().execute(prefixed, vars)
-                connection.prefix_sent()
+                connection.prefix_sent(prefix)
                 return result
         connection.send_prefix()
         return super().execute(query, vars)
@@ -93,7 +99,11 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self.tenant_entry = statement
 
     def pending_prefix(self) -> str:
-        prefix = RESET_SQL if self.reset_due else ""
+        prefix = ""
+        if self.reset_due:
+            prefix = RESET_SQL
+            if self._reset_can_commit():
+                prefix += RESET_COMMIT
         if self.tenant_entry:
             prefix += f"{self.tenant_entry}; "
         # On a line of its own: PostgreSQL quotes the failing statement's line in errors, which tasks log and store.
@@ -120,12 +130,16 @@ class PrefixedConnection(psycopg2.extensions.connection):
             cursor.execute(prefix)
         finally:
             cursor.close()
-        self.prefix_sent()
+        self.prefix_sent(prefix)
 
-    def prefix_sent(self) -> None:
+    def _reset_can_commit(self) -> bool:
+        # Only in a transaction psycopg2 is about to begin: committing there commits nothing of the borrower's.
+        return not self.autocommit and self.status == psycopg2.extensions.STATUS_READY
+
+    def prefix_sent(self, prefix: str) -> None:
         if self.reset_due:
             self.reset_due = False
-            self._reset_in_transaction = not self.autocommit
+            self._reset_in_transaction = not self.autocommit and RESET_COMMIT not in prefix
         self.tenant_entry = None
 
     def commit(self) -> None:
