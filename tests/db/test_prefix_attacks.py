@@ -318,3 +318,23 @@ def test_two_tenants_interleaved_on_threads_see_only_their_own_rows(tenants) -> 
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+@pytest.mark.parametrize("setting", ["set client_encoding = 'SJIS'", "set client_encoding = 'SQL_ASCII'",
+                                     "set client_encoding = 'LATIN1'", "set standard_conforming_strings = off",
+                                     "set client_encoding = 'GBK'; set standard_conforming_strings = off",
+                                     "set bytea_output = 'escape'", "set datestyle = 'SQL, DMY'",
+                                     "set extra_float_digits = -15"])
+def test_session_settings_left_behind_do_not_change_the_next_borrowers_first_statement(tenants, setting) -> None:
+    """The next borrower's first statement is rendered before the reset in front of it has run."""
+    db, org_a, org_b = tenants
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    with tenant_session(org_a, engine=engine) as a:
+        for statement in setting.split(";"):
+            a.execute(text(statement))
+    tricky = "caf\u00e9 \u8868' \\' or true -- \U0001f600 \u00e7\\"
+    with tenant_session(org_b, engine=engine) as b:
+        row = b.execute(text("select :p, (select count(*) from test_set where name <> :p), "
+                             "current_setting('client_encoding')"), {"p": tricky}).one()
+        assert tuple(row) == (tricky, 1, "UTF8")
+        assert b.scalar(ORG) == org_b

@@ -36,6 +36,8 @@ from sqlalchemy import Engine, event
 #: ``DISCARD ALL`` without ``DISCARD PLANS``; every statement here may run inside a transaction block.
 RESET_SQL = ("CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; "
              "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; ")
+#: Session settings that decide how the server reads a whole query message before any statement in it runs.
+MESSAGE_SETTINGS = ("client_encoding", "standard_conforming_strings")
 #: Ends the reset's transaction so that the borrower's own ROLLBACK cannot undo it (see the module docstring).
 RESET_COMMIT = "COMMIT AND CHAIN; "
 
@@ -51,7 +53,7 @@ class PrefixedCursor(psycopg2.extensions.cursor):
         if not prefix:
             return super().execute(query, vars)
         if self.name is None and not connection.autocommit \
-                and connection.status == psycopg2.extensions.STATUS_READY:
+                and connection.status == psycopg2.extensions.STATUS_READY and connection.message_reads_as_new():
             prefixed = _prefixed(prefix if vars is None else prefix.replace("%", "%%"), query, connection)
             if prefixed is not None:
                 result = super().execute(prefixed, vars)
@@ -89,6 +91,21 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self.reset_due = False
         self.tenant_entry: str | None = None
         self._reset_in_transaction = False
+        self._message_settings = self._current_message_settings()
+
+    def _current_message_settings(self) -> tuple[str | None, ...]:
+        # Reported by the server whenever they change (ParameterStatus), so reading them costs no round trip.
+        return tuple(self.get_parameter_status(name) for name in MESSAGE_SETTINGS)
+
+    def message_reads_as_new(self) -> bool:
+        """Whether the server reads a query message as it would on a new connection of this process.
+
+        The reset runs only once the message it travels in has been decoded and split into statements, which
+        ``client_encoding`` and ``standard_conforming_strings`` govern: after a task changed either, the next
+        borrower's first statement would be read with the task's settings (its text mangled, or refused), so
+        the reset must go alone first.
+        """
+        return self._current_message_settings() == self._message_settings
 
     def returned_to_pool(self) -> None:
         self.reset_due = True
