@@ -398,3 +398,77 @@ def test_an_idle_in_transaction_timeout_left_behind_does_not_fail_the_next_borro
             assert b.scalar(ORG) == org_b
     finally:
         psycopg2.extensions.set_wait_callback(previous)
+
+
+@pytest.mark.parametrize("statement", ["copy test_set (name) from stdin", "copy test_set to stdout",
+                                       "copy (select 1) to program 'true'", "prepare transaction 'tw'",
+                                       "discard all", "begin; select 1", "listen tw; notify tw, 'x'",
+                                       "select pg_advisory_lock(4711)", "declare c cursor with hold for select 1"])
+def test_awkward_first_statements_leave_a_usable_clean_connection(tenants, statement: str) -> None:
+    db, org_a, org_b = tenants
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    _leave_state(engine, org_b)
+    try:
+        with tenant_session(org_a, engine=engine) as a:
+            a.execute(text(statement))
+    except DBAPIError:
+        pass
+    with tenant_session(org_b, engine=engine) as b:
+        assert b.scalar(ORG) == org_b
+        assert b.scalar(text("select count(*) from test_set")) == 1
+        assert tuple(b.execute(LEFT_BEHIND).one()) in CLEAN
+        assert b.scalar(text("select count(*) from pg_cursors")) == 0
+        assert b.scalar(text("select count(*) from pg_locks where locktype = 'advisory' "
+                             "and pid = pg_backend_pid()")) == 0
+
+
+@pytest.mark.parametrize("left", ["declare held cursor with hold for select name from test_set",
+                                  "prepare held as select name from test_set"])
+def test_rollback_first_cannot_reach_a_cursor_or_statement_left_behind(tenants, left: str) -> None:
+    db, org_a, org_b = tenants
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    with tenant_session(org_b, engine=engine) as b:
+        b.execute(text(left))
+    use = "fetch all from held" if "cursor" in left else "execute held"
+    with pytest.raises(DBAPIError) as caught, tenant_session(org_a, engine=engine) as a:
+        a.execute(text(f"rollback; {use}"))
+    assert caught.value.orig.pgcode in ("34000", "26000")  # no such cursor / prepared statement
+
+
+def test_orm_criteria_of_two_tenants_interleaved_on_threads_without_rls(make_database) -> None:
+    from worker.db.models import RLS_TABLES, Test
+
+    db = make_database()
+    admin = create_engine(db.admin_url, poolclass=NullPool)
+    with admin.begin() as conn:
+        for table in RLS_TABLES:
+            conn.execute(text(f'alter table "{table}" no force row level security'))
+            conn.execute(text(f'alter table "{table}" disable row level security'))
+    admin.dispose()
+    orgs = [str(uuid.uuid4()) for _ in range(2)]
+    engine = get_engine(db.owner_url, pool_size=2, max_overflow=0)
+    seed(engine, {orgs[0]: [3, 1], orgs[1]: [2]})
+    expected = {orgs[0]: (2, 4), orgs[1]: (1, 2)}
+    failures: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(org: str) -> None:
+        try:
+            for _i in range(30):
+                with tenant_session(org, engine=engine) as s:
+                    sets = s.scalars(select(TestSet)).all()
+                    barrier.wait(timeout=30)  # the other thread's statements run between load and lazy load
+                    tests = [t for test_set in sets for t in test_set.tests]
+                    counts = (len(sets), s.scalar(select(func.count(Test.id))))
+                    if counts != expected[org] or {str(t.organization_id) for t in tests} != {org}:
+                        failures.append(f"{org}: {counts}")
+        except Exception as exc:  # reported below, from the main thread
+            failures.append(f"{org}: {exc!r}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(org,)) for org in orgs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
