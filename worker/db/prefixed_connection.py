@@ -22,7 +22,8 @@ cursors, COPY, ``executemany``, ``callproc``, large objects, a cursor class of t
 cannot carry a prefix: they get it as a statement of its own first.
 
 While a connection waits in the pool, what its last borrower left (an advisory lock it forgot) is still held, until
-the connection is next used; ``UNLISTEN`` takes effect when the next borrower's first transaction commits.
+the connection is next used. psycopg2 sends ``BEGIN`` as a message of its own, so a session-level
+``idle_in_transaction_session_timeout`` left behind still holds until the reset arrives.
 """
 
 from __future__ import annotations
