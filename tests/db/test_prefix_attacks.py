@@ -472,3 +472,29 @@ def test_orm_criteria_of_two_tenants_interleaved_on_threads_without_rls(make_dat
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+@pytest.mark.parametrize("change", ["autocommit", "readonly", "isolation", "deferrable"])
+def test_driver_session_settings_changed_by_a_task_do_not_reach_the_next_borrower(tenants, change: str) -> None:
+    """psycopg2 keeps these on the connection object, which goes back to the pool with them."""
+    db, org_a, org_b = tenants
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    with tenant_session(org_a, engine=engine) as a:
+        pid = a.scalar(PID)
+        a.commit()
+        raw = a.connection().connection.dbapi_connection  # checked out again; psycopg2 has not begun yet
+        if change == "autocommit":
+            raw.autocommit = True
+        elif change == "readonly":
+            raw.set_session(readonly=True)
+        elif change == "isolation":
+            raw.set_session(isolation_level="SERIALIZABLE")
+        else:
+            raw.set_session(isolation_level="SERIALIZABLE", readonly=True, deferrable=True)
+    with tenant_session(org_b, engine=engine) as b:
+        b.add(TestSet(name="written by B"))
+        b.flush()
+        assert b.scalar(PID) == pid
+        assert tuple(b.execute(text("select current_setting('transaction_isolation'), "
+                                    "current_setting('transaction_deferrable')")).one()) == ("read committed", "off")
+        assert b.scalar(text("select count(*) from test_set")) == 2

@@ -93,6 +93,19 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self.tenant_entry: str | None = None
         self._reset_in_transaction = False
         self._message_settings = self._current_message_settings()
+        self._pinned_session: tuple[Any, ...] | None = None
+
+    def _driver_session(self) -> tuple[Any, ...]:
+        return self.autocommit, self.isolation_level, self.readonly, self.deferrable
+
+    def pin_session(self) -> None:
+        """Remember the driver's transaction settings now, so that every borrower starts with them.
+
+        psycopg2 keeps them on the connection object, not in the PostgreSQL session, so the reset cannot clear
+        them: a task that set ``autocommit`` (every later tenant refused) or ``set_session(readonly=True)`` would
+        hand them to every later borrower of this connection.
+        """
+        self._pinned_session = self._driver_session()
 
     def _current_message_settings(self) -> tuple[str | None, ...]:
         # Reported by the server whenever they change (ParameterStatus), so reading them costs no round trip.
@@ -111,6 +124,14 @@ class PrefixedConnection(psycopg2.extensions.connection):
     def returned_to_pool(self) -> None:
         self.reset_due = True
         self.tenant_entry = None
+        pinned = self._pinned_session
+        if pinned is not None and self._driver_session() != pinned and not self.closed:
+            # Client-side only while no transaction is open (the pool has rolled back): no round trip.
+            autocommit, isolation, readonly, deferrable = pinned
+            self.autocommit = autocommit
+            self.set_session(isolation_level="DEFAULT" if isolation is None else isolation,
+                             readonly="DEFAULT" if readonly is None else readonly,
+                             deferrable="DEFAULT" if deferrable is None else deferrable)
 
     def enter_tenant_with_next_statement(self, statement: str) -> None:
         """``statement`` (complete SQL, no parameters) runs right before the next statement of this transaction."""
