@@ -474,7 +474,7 @@ def test_orm_criteria_of_two_tenants_interleaved_on_threads_without_rls(make_dat
     assert failures == []
 
 
-@pytest.mark.parametrize("change", ["autocommit", "readonly", "isolation", "deferrable"])
+@pytest.mark.parametrize("change", ["autocommit", "readonly", "isolation", "deferrable", "encoding"])
 def test_driver_session_settings_changed_by_a_task_do_not_reach_the_next_borrower(tenants, change: str) -> None:
     """psycopg2 keeps these on the connection object, which goes back to the pool with them."""
     db, org_a, org_b = tenants
@@ -487,6 +487,8 @@ def test_driver_session_settings_changed_by_a_task_do_not_reach_the_next_borrowe
             raw.autocommit = True
         elif change == "readonly":
             raw.set_session(readonly=True)
+        elif change == "encoding":
+            raw.set_client_encoding("LATIN1")
         elif change == "isolation":
             raw.set_session(isolation_level="SERIALIZABLE")
         else:
@@ -495,6 +497,7 @@ def test_driver_session_settings_changed_by_a_task_do_not_reach_the_next_borrowe
         b.add(TestSet(name="written by B"))
         b.flush()
         assert b.scalar(PID) == pid
+        assert b.scalar(text("select :p"), {"p": "caf\u00e9 \U0001f600"}) == "caf\u00e9 \U0001f600"
         assert tuple(b.execute(text("select current_setting('transaction_isolation'), "
                                     "current_setting('transaction_deferrable')")).one()) == ("read committed", "off")
         assert b.scalar(text("select count(*) from test_set")) == 2

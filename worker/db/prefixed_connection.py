@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 from sqlalchemy import Engine, event
@@ -94,6 +95,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self._reset_in_transaction = False
         self._message_settings = self._current_message_settings()
         self._pinned_session: tuple[Any, ...] | None = None
+        self._pinned_encoding: str | None = None
 
     def _driver_session(self) -> tuple[Any, ...]:
         return self.autocommit, self.isolation_level, self.readonly, self.deferrable
@@ -101,11 +103,12 @@ class PrefixedConnection(psycopg2.extensions.connection):
     def pin_session(self) -> None:
         """Remember the driver's transaction settings now, so that every borrower starts with them.
 
-        psycopg2 keeps them on the connection object, not in the PostgreSQL session, so the reset cannot clear
-        them: a task that set ``autocommit`` (every later tenant refused) or ``set_session(readonly=True)`` would
-        hand them to every later borrower of this connection.
+        psycopg2 keeps them (and its copy of the client encoding) on the connection object, not in the PostgreSQL
+        session, so the reset cannot clear them: a task that set ``autocommit`` (every later tenant refused) or
+        ``set_session(readonly=True)`` would hand them to every later borrower of this connection.
         """
         self._pinned_session = self._driver_session()
+        self._pinned_encoding = self.encoding
 
     def _current_message_settings(self) -> tuple[str | None, ...]:
         # Reported by the server whenever they change (ParameterStatus), so reading them costs no round trip.
@@ -132,6 +135,13 @@ class PrefixedConnection(psycopg2.extensions.connection):
             self.set_session(isolation_level="DEFAULT" if isolation is None else isolation,
                              readonly="DEFAULT" if readonly is None else readonly,
                              deferrable="DEFAULT" if deferrable is None else deferrable)
+        if self._pinned_encoding is not None and self.encoding != self._pinned_encoding and not self.closed:
+            # psycopg2 encodes queries with its own copy of the encoding, which the reset's RESET ALL cannot reach;
+            # a task's set_client_encoding would mangle or refuse the next borrower's text. Rare: one round trip.
+            try:
+                self.set_client_encoding(self._pinned_encoding)
+            except psycopg2.Error:
+                self.close()  # the checkout check finds it closed and the pool opens a new one
 
     def enter_tenant_with_next_statement(self, statement: str) -> None:
         """``statement`` (complete SQL, no parameters) runs right before the next statement of this transaction."""
