@@ -501,3 +501,68 @@ def test_driver_session_settings_changed_by_a_task_do_not_reach_the_next_borrowe
         assert tuple(b.execute(text("select current_setting('transaction_isolation'), "
                                     "current_setting('transaction_deferrable')")).one()) == ("read committed", "off")
         assert b.scalar(text("select count(*) from test_set")) == 2
+
+
+_GEVENT_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+from psycogreen.gevent import patch_psycopg
+patch_psycopg()
+import sys
+import gevent
+from sqlalchemy import func, select, text
+from worker.db.engine import get_engine
+from worker.db.models import Test, TestSet
+from worker.db.session import tenant_session
+
+url, expected = sys.argv[1], dict(arg.split("=") for arg in sys.argv[2:])
+engine = get_engine(url, pool_size=2, max_overflow=0)
+failures = []
+
+def run(org):
+    for i in range(30):
+        with tenant_session(org, engine=engine) as s:
+            if i % 3 == 0:
+                s.execute(text("set statement_timeout = 4321"))
+            sets = s.scalars(select(TestSet)).all()
+            gevent.sleep(0)  # the other tenant's greenlet runs between the load and the lazy loads
+            tests = [t for test_set in sets for t in test_set.tests]
+            seen = (len(sets), len(tests), s.scalar(select(func.count(Test.id))),
+                    s.scalar(text("show statement_timeout")))
+            if seen[:3] != tuple(int(n) for n in expected[org].split(",")) or seen[3] != ("4321ms" if i % 3 == 0 else "0"):
+                failures.append((org, i, seen))
+            if {str(t.organization_id) for t in tests} != {org}:
+                failures.append((org, i, "foreign rows"))
+
+gevent.joinall([gevent.spawn(run, org) for org in expected for _copy in range(2)])
+print("FAILURES", failures)
+"""
+
+
+@pytest.mark.parametrize("rls", [True, False])
+def test_two_tenants_interleaved_on_gevent_greenlets(make_database, rls: bool) -> None:
+    import subprocess
+    import sys
+
+    pytest.importorskip("gevent")
+    pytest.importorskip("psycogreen")
+    from worker.db.models import RLS_TABLES
+
+    db = make_database()
+    orgs = [str(uuid.uuid4()) for _ in range(2)]
+    owner = create_engine(db.owner_url, poolclass=NullPool)
+    seed(owner, {orgs[0]: [3, 1], orgs[1]: [2]})
+    owner.dispose()
+    url = db.runtime_url
+    if not rls:  # the ORM criteria (a context variable per greenlet) are then the only filter
+        admin = create_engine(db.admin_url, poolclass=NullPool)
+        with admin.begin() as conn:
+            for table in RLS_TABLES:
+                conn.execute(text(f'alter table "{table}" no force row level security'))
+                conn.execute(text(f'alter table "{table}" disable row level security'))
+        admin.dispose()
+        url = db.owner_url
+    done = subprocess.run([sys.executable, "-c", _GEVENT_SCRIPT, url, f"{orgs[0]}=2,4,4", f"{orgs[1]}=1,2,2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FAILURES []" in done.stdout, done.stdout[-3000:]
