@@ -128,20 +128,23 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self.reset_due = True
         self.tenant_entry = None
         pinned = self._pinned_session
-        if pinned is not None and self._driver_session() != pinned and not self.closed:
-            # Client-side only while no transaction is open (the pool has rolled back): no round trip.
-            autocommit, isolation, readonly, deferrable = pinned
-            self.autocommit = autocommit
-            self.set_session(isolation_level="DEFAULT" if isolation is None else isolation,
-                             readonly="DEFAULT" if readonly is None else readonly,
-                             deferrable="DEFAULT" if deferrable is None else deferrable)
-        if self._pinned_encoding is not None and self.encoding != self._pinned_encoding and not self.closed:
-            # psycopg2 encodes queries with its own copy of the encoding, which the reset's RESET ALL cannot reach;
-            # a task's set_client_encoding would mangle or refuse the next borrower's text. Rare: one round trip.
-            try:
+        if self.closed or pinned is None:
+            return
+        try:
+            if self._driver_session() != pinned:
+                # Client-side only while no transaction is open (the pool has rolled back): no round trip.
+                autocommit, isolation, readonly, deferrable = pinned
+                self.autocommit = autocommit
+                self.set_session(isolation_level="DEFAULT" if isolation is None else isolation,
+                                 readonly="DEFAULT" if readonly is None else readonly,
+                                 deferrable="DEFAULT" if deferrable is None else deferrable)
+            if self.encoding != self._pinned_encoding:
+                # psycopg2 encodes queries with its own copy of the encoding, which the reset's RESET ALL cannot
+                # reach; a task's set_client_encoding would mangle or refuse the next borrower's text. Rare: one
+                # round trip.
                 self.set_client_encoding(self._pinned_encoding)
-            except psycopg2.Error:
-                self.close()  # the checkout check finds it closed and the pool opens a new one
+        except psycopg2.Error:
+            self.close()  # the checkout check finds it closed and the pool opens a new one
 
     def enter_tenant_with_next_statement(self, statement: str) -> None:
         """``statement`` (complete SQL, no parameters) runs right before the next statement of this transaction."""
