@@ -101,7 +101,7 @@ def test_a_connection_comes_back_from_a_task_as_clean_as_new(two_tenants) -> Non
         assert b.scalar(text("select current_setting('search_path')")) == "public, pg_temp"
         assert b.scalar(text("select current_setting('statement_timeout')")) == "0"
         assert b.scalar(text("select count(*) from pg_prepared_statements")) == 0
-        # UNLISTEN takes effect when B's first transaction commits; no notification is delivered inside one.
+        assert b.scalar(text("select count(*) from pg_listening_channels()")) == 0  # UNLISTEN committed already
         assert b.scalar(text("select count(*) from pg_locks where locktype = 'advisory' "
                              "and pid = pg_backend_pid()")) == 0
         assert [s.name for s in b.scalars(select(TestSet))] == ["set 0"]  # B's own row, from public.test_set

@@ -138,6 +138,7 @@ def _check_new_connection(dbapi_connection: Any, _record: Any) -> None:
             isolation_level=isolation.upper() if dbapi_connection.isolation_level is None else None,
             readonly=read_only if dbapi_connection.readonly is None else None,
             deferrable=deferrable if dbapi_connection.deferrable is None else None)
+        dbapi_connection.pin_session()
 
 
 def dispose_engines_after_fork() -> None:
