@@ -206,7 +206,7 @@ def test_the_next_borrower_of_a_connection_in_an_aborted_transaction_is_clean(te
 # -- (e) the prefix in what a task can read ----------------------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="current_query() returns the whole query message, prefix and proof included; "
-                                       "only a superuser can revoke it (see the report)")
+                                       "only a superuser can revoke it (known gap: docs/database.md)")
 def test_current_query_does_not_show_the_proof(tenants) -> None:
     db, org_a, _org_b = tenants
     engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
@@ -233,7 +233,7 @@ def test_a_seen_proof_opens_only_its_own_organization(tenants) -> None:
 # -- (d) poisoning later borrowers -------------------------------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="PostgreSQL lets any role ALTER ROLE itself SET user-settable parameters; "
-                                       "every later connection of the runtime role inherits them (see the report)")
+                                       "every later connection of the runtime role inherits them (known gap: docs/database.md)")
 def test_task_sql_cannot_set_defaults_for_every_later_connection(tenants) -> None:
     db, org_a, org_b = tenants
     engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
@@ -380,7 +380,7 @@ def _slow_wait(connection) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.xfail(strict=True, reason="psycopg2 sends BEGIN as a message of its own; an idle-in-transaction timeout "
                                        "left behind ends the session while it waits for the message that carries the "
-                                       "reset (see the report)")
+                                       "reset (known gap: docs/database.md)")
 def test_an_idle_in_transaction_timeout_left_behind_does_not_fail_the_next_borrower(tenants) -> None:
     import psycopg2.extensions
 
