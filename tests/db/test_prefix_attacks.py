@@ -233,7 +233,8 @@ def test_a_seen_proof_opens_only_its_own_organization(tenants) -> None:
 # -- (d) poisoning later borrowers -------------------------------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="PostgreSQL lets any role ALTER ROLE itself SET user-settable parameters; "
-                                       "every later connection of the runtime role inherits them (known gap: docs/database.md)")
+                                       "every later connection of the runtime role inherits them "
+                                       "(known gap: docs/database.md)")
 def test_task_sql_cannot_set_defaults_for_every_later_connection(tenants) -> None:
     db, org_a, org_b = tenants
     engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
