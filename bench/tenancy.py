@@ -98,6 +98,7 @@ def spawn(kind: Kind, base_env: dict[str, str]) -> WorkerProcess:
     env = {**base_env, **(kind.env or {}), "CELERY_WORKER_HOSTNAME": node,
            "WORKER_HEALTH_DIR": str(RUN_DIR / "health" / node)}
     argv, env = kind.command(env)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)  # a fresh clone has no .run yet (tests call this without main())
     return spawn_worker_process(argv, node, env, RUN_DIR)
 
 
