@@ -120,3 +120,27 @@ def seeded(owner_engine: Engine) -> Seeded:
     org_a, org_b = str(uuid.uuid4()), str(uuid.uuid4())
     ids = seed(owner_engine, {org_a: [2, 1], org_b: [1]})
     return Seeded(org_a, org_b, ids[org_a][0], ids[org_b][0], {org_a: 2, org_b: 1}, {org_a: 3, org_b: 1})
+
+
+@pytest.fixture
+def two_tenants(make_database):  # type: ignore[no-untyped-def]
+    """A migrated throwaway database with A (2 sets) and B (1 set)."""
+    db = make_database()
+    org_a, org_b = str(uuid.uuid4()), str(uuid.uuid4())
+    owner = create_engine(db.owner_url, poolclass=NullPool)
+    seed(owner, {org_a: [1, 1], org_b: [1]})
+    owner.dispose()
+    yield db, org_a, org_b
+    reset_engines()
+
+
+def disable_rls(db: ProvisionedDatabase) -> None:
+    """Switch row-level security off on every tenant table: the ORM criteria are then the only filter."""
+    from worker.db.models import RLS_TABLES
+
+    admin = create_engine(db.admin_url, poolclass=NullPool)
+    with admin.begin() as conn:
+        for table in RLS_TABLES:
+            conn.execute(text(f'alter table "{table}" no force row level security'))
+            conn.execute(text(f'alter table "{table}" disable row level security'))
+    admin.dispose()

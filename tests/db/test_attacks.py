@@ -4,7 +4,6 @@ settings, other sessions' statements. Each test runs the attack as the runtime r
 from __future__ import annotations
 
 import logging
-import uuid
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
@@ -12,9 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
-from tests.db.conftest import seed
 from worker.db import MigrationError
-from worker.db.engine import get_engine, reset_engines
+from worker.db.engine import get_engine
 from worker.db.migrate import migrate
 from worker.db.models import TestSet
 from worker.db.session import tenant_session
@@ -36,18 +34,6 @@ def _admin_exec(db, *statements: str) -> None:  # type: ignore[no-untyped-def]
         for statement in statements:
             conn.execute(text(statement))
     engine.dispose()
-
-
-@pytest.fixture
-def two_tenants(make_database):  # type: ignore[no-untyped-def]
-    """A migrated throwaway database with A (2 sets) and B (1 set)."""
-    db = make_database()
-    org_a, org_b = str(uuid.uuid4()), str(uuid.uuid4())
-    owner = create_engine(db.owner_url, poolclass=NullPool)
-    seed(owner, {org_a: [1, 1], org_b: [1]})
-    owner.dispose()
-    yield db, org_a, org_b
-    reset_engines()
 
 
 # -- 1. session state on pooled connections ---------------------------------------------------------------

@@ -9,10 +9,10 @@ from sqlalchemy import create_engine, delete, func, insert, literal, select, tex
 from sqlalchemy.orm import aliased, selectinload
 from sqlalchemy.pool import NullPool
 
-from tests.db.conftest import seed
+from tests.db.conftest import disable_rls, seed
 from worker.db import MigrationError
 from worker.db.migrate import migrate
-from worker.db.models import RLS_TABLES, Organization, Test, TestSet
+from worker.db.models import Organization, Test, TestSet
 from worker.db.session import tenant_session
 from worker.errors import TenantConflictError
 
@@ -21,12 +21,7 @@ from worker.errors import TenantConflictError
 def without_rls(make_database):  # type: ignore[no-untyped-def]
     """A migrated throwaway database with RLS disabled everywhere, seeded with three organizations."""
     db = make_database()
-    admin = create_engine(db.admin_url, poolclass=NullPool)
-    with admin.begin() as conn:
-        for table in RLS_TABLES:
-            conn.execute(text(f'alter table "{table}" no force row level security'))
-            conn.execute(text(f'alter table "{table}" disable row level security'))
-    admin.dispose()
+    disable_rls(db)
     orgs = [str(uuid.uuid4()) for _ in range(3)]
     engine = create_engine(db.owner_url)
     ids = seed(engine, {orgs[0]: [3, 1], orgs[1]: [2], orgs[2]: [1, 1, 1]})

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tests.db.conftest import seed
+from tests.db.conftest import disable_rls, seed
 from worker.db.engine import get_engine, reset_engines
 from worker.db.guard import KEY_INFO, proof
 from worker.db.models import TestSet
@@ -30,15 +30,8 @@ CLEAN = [(None, "0"), ("", "0")]
 
 
 @pytest.fixture
-def tenants(make_database):  # type: ignore[no-untyped-def]
-    """A migrated throwaway database with A (2 sets) and B (1 set)."""
-    db = make_database()
-    org_a, org_b = str(uuid.uuid4()), str(uuid.uuid4())
-    owner = create_engine(db.owner_url, poolclass=NullPool)
-    seed(owner, {org_a: [1, 1], org_b: [1]})
-    owner.dispose()
-    yield db, org_a, org_b
-    reset_engines()
+def tenants(two_tenants):  # type: ignore[no-untyped-def]
+    return two_tenants
 
 
 def _leave_state(engine, org: str) -> int:  # type: ignore[no-untyped-def]
@@ -437,15 +430,10 @@ def test_rollback_first_cannot_reach_a_cursor_or_statement_left_behind(tenants, 
 
 
 def test_orm_criteria_of_two_tenants_interleaved_on_threads_without_rls(make_database) -> None:
-    from worker.db.models import RLS_TABLES, Test
+    from worker.db.models import Test
 
     db = make_database()
-    admin = create_engine(db.admin_url, poolclass=NullPool)
-    with admin.begin() as conn:
-        for table in RLS_TABLES:
-            conn.execute(text(f'alter table "{table}" no force row level security'))
-            conn.execute(text(f'alter table "{table}" disable row level security'))
-    admin.dispose()
+    disable_rls(db)
     orgs = [str(uuid.uuid4()) for _ in range(2)]
     engine = get_engine(db.owner_url, pool_size=2, max_overflow=0)
     seed(engine, {orgs[0]: [3, 1], orgs[1]: [2]})
