@@ -54,8 +54,7 @@ class PrefixedCursor(psycopg2.extensions.cursor):
         prefix = connection.pending_prefix()
         if not prefix:
             return super().execute(query, vars)
-        if self.name is None and not connection.autocommit \
-                and connection.status == psycopg2.extensions.STATUS_READY and connection.message_reads_as_new():
+        if self.name is None and connection.about_to_begin() and connection.message_reads_as_new():
             prefixed = _prefixed(prefix if vars is None else prefix.replace("%", "%%"), query, connection)
             if prefixed is not None:
                 result = super().execute(prefixed, vars)
@@ -154,7 +153,8 @@ class PrefixedConnection(psycopg2.extensions.connection):
         prefix = ""
         if self.reset_due:
             prefix = RESET_SQL
-            if self._reset_can_commit():
+            # Only in a transaction psycopg2 is about to begin: committing there commits nothing of the borrower's.
+            if self.about_to_begin():
                 prefix += RESET_COMMIT
         if self.tenant_entry:
             prefix += f"{self.tenant_entry}; "
@@ -184,8 +184,8 @@ class PrefixedConnection(psycopg2.extensions.connection):
             cursor.close()
         self.prefix_sent(prefix)
 
-    def _reset_can_commit(self) -> bool:
-        # Only in a transaction psycopg2 is about to begin: committing there commits nothing of the borrower's.
+    def about_to_begin(self) -> bool:
+        """Whether psycopg2 sends ``BEGIN`` before the next statement (no transaction open, not autocommit)."""
         return not self.autocommit and self.status == psycopg2.extensions.STATUS_READY
 
     def prefix_sent(self, prefix: str) -> None:
