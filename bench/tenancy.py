@@ -6,20 +6,24 @@ concurrency 8, prefetch 1, late acks, ...), with `--include bench.tasks` added t
 baseline is bench/bare.py: a plain Celery app with the product's Celery settings and the same worker argv.
 Everything talks to a private redis-server started for this run (its command statistics see no other client).
 
-1. throughput: no-op tasks, the product's BaseTask no-op with tenant headers against bare Celery's no-op; a fresh
-   worker per round, a warm-up per round outside the timing, rounds in ABBA order; per-pair ratios and their
-   median, quartiles, min-max and a bootstrap 90 % interval of the median.
+1. throughput: no-op tasks, the product's BaseTask no-op with tenant headers against bare Celery's no-op. Both
+   workers are started (and warmed up) for a session and stay up; batches run in ABBA order with only the batch's
+   own worker consuming (the other's consumers are cancelled). Each batch is queued while its worker consumes
+   nothing, then drained at the worker's own pace and timed by the results' own ``date_done`` stamps, so the
+   producer is neither inside the timing nor competing for the CPU meanwhile; the CPU seconds of the worker's
+   process tree and of Redis are counted per task too. Per-pair ratios of both, summarized by median, quartiles,
+   min-max and a bootstrap 90 % interval of the median, over several sessions (fresh workers each).
 2. redis_commands: `INFO commandstats` per task (producer and result reads included), after `CONFIG RESETSTAT`,
    for the product worker with the plain no-op and no headers, with the tenant no-op and headers, and bare Celery.
 3. start_to_first_task: a task enqueued first, then the worker spawned; seconds from spawn to the task's result.
-4. memory: RSS of the worker's whole process tree after the warm-up and after the measured tasks (from part 1).
-5. flower: the product worker's throughput with Flower beside it (ENABLE_FLOWER=yes, as the image runs it)
-   against without; ABBA rounds, per-pair ratios.
+4. memory: RSS and PSS of the worker's whole process tree after the warm-up and at the end of each session.
+5. flower: the product worker with Flower beside it (ENABLE_FLOWER=yes, as the image runs it: the worker sends
+   task events, Flower's CPU counts in the tree) against without, the same way as 1.
 
-Sizes: BENCH_TENANCY_TASKS (tasks per measured round), BENCH_TENANCY_WARMUP, BENCH_TENANCY_ROUNDS (pairs of
-rounds for part 1), BENCH_TENANCY_FLOWER_ROUNDS (pairs for part 5), BENCH_TENANCY_STARTS (spawns per worker kind
-for part 3), BENCH_TENANCY_STATS_TASKS (tasks per part 2 batch), BENCH_TENANCY_CONCURRENCY (instead of the image's
-concurrency, for both kinds). Results go to stdout and bench/results/tenancy.json; nothing is asserted.
+Sizes: BENCH_TENANCY_TASKS (tasks per batch), BENCH_TENANCY_WARMUP, BENCH_TENANCY_ROUNDS (sessions for part 1),
+BENCH_TENANCY_BATCHES (pairs of batches per session), BENCH_TENANCY_FLOWER_ROUNDS (sessions for part 5),
+BENCH_TENANCY_STARTS (spawns per worker kind for part 3), BENCH_TENANCY_STATS_TASKS (tasks per part 2 batch),
+BENCH_TENANCY_CONCURRENCY (instead of the image's concurrency, for both kinds). Results go to stdout and bench/results/tenancy.json; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from bench.common import (
     RESULTS_DIR,
     RUN_DIR,
     bench_environment,
+    cpu_seconds,
     drain,
+    drain_full_queue,
     env_int,
     migrated_database,
     product_client,
@@ -60,8 +66,9 @@ from worker.launch.command import celery_environment
 
 TASKS = env_int("BENCH_TENANCY_TASKS", 1000)
 WARMUP = env_int("BENCH_TENANCY_WARMUP", 100)
-PAIRS = env_int("BENCH_TENANCY_ROUNDS", 6)
-FLOWER_PAIRS = env_int("BENCH_TENANCY_FLOWER_ROUNDS", 3)
+SESSIONS = env_int("BENCH_TENANCY_ROUNDS", 3)
+BATCHES = env_int("BENCH_TENANCY_BATCHES", 10)
+FLOWER_SESSIONS = env_int("BENCH_TENANCY_FLOWER_ROUNDS", 2)
 STARTS = env_int("BENCH_TENANCY_STARTS", 5)
 STATS_TASKS = env_int("BENCH_TENANCY_STATS_TASKS", 500)
 TENANT_HEADERS = {"organization_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
@@ -122,38 +129,66 @@ def wait_for_flower(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"Flower did not answer on port {port} within {timeout}s")
 
 
-def throughput_round(kind: Kind, base_env: dict[str, str]) -> dict[str, float]:
-    """A fresh worker: warm-up (untimed), then TASKS timed; the worker tree's RSS after each."""
-    worker = started(kind, base_env)
+def session(candidate: Kind, baseline: Kind, batches: int, base_env: dict[str, str], redis_pid: int,
+            queues: list[str]) -> tuple[list[dict], list[dict]]:
+    """Both kinds' workers started fresh and warmed up, then ``batches`` pairs of batches in ABBA order, only one
+    worker consuming at a time: short batches close together, so that a change in the machine's load hits both
+    kinds alike. Each batch: TASKS queued while its worker consumed nothing, then drained at the worker's own pace
+    (bench.common.drain_full_queue), with the CPU seconds of the worker tree and of Redis per task."""
+    workers: dict[str, WorkerProcess] = {}
+    rounds: dict[str, list[dict]] = {candidate.name: [], baseline.name: []}
     try:
-        drain(kind.client, kind.task, WARMUP, kind.headers)
-        warm = {"rss_warm_mb": rss_mb(worker.proc.pid), "pss_warm_mb": pss_mb(worker.proc.pid)}
-        rate = drain(kind.client, kind.task, TASKS, kind.headers)
-        return {"tasks_per_s": rate, **warm, "rss_after_mb": rss_mb(worker.proc.pid),
-                "pss_after_mb": pss_mb(worker.proc.pid)}
+        for kind in (candidate, baseline):  # one at a time: both consume the same queues
+            workers[kind.name] = started(kind, base_env)
+            drain(kind.client, kind.task, WARMUP, kind.headers)
+            consuming(kind, workers[kind.name], queues, on=False)
+        warm = {name: {"rss_warm_mb": rss_mb(w.proc.pid), "pss_warm_mb": pss_mb(w.proc.pid)}
+                for name, w in workers.items()}
+        for pair in range(batches):
+            for kind in (candidate, baseline) if pair % 2 == 0 else (baseline, candidate):
+                worker = workers[kind.name]
+                batch = drain_full_queue(
+                    kind.client, kind.task, TASKS, kind.headers,
+                    resume=lambda kind=kind, worker=worker: consuming(kind, worker, queues, on=True),
+                    pause=lambda kind=kind, worker=worker: consuming(kind, worker, queues, on=False),
+                    cpu_seconds=lambda worker=worker: cpu_seconds(worker.proc.pid) + cpu_seconds(redis_pid, tree=False))
+                rounds[kind.name].append({"tasks_per_s": batch.tasks_per_s,
+                                          "cpu_ms_per_task": batch.cpu_s_per_task * 1e3,
+                                          "longest_gap_s": batch.longest_gap_s})
+        for name, worker in workers.items():
+            rounds[name][-1].update(warm[name], rss_after_mb=rss_mb(worker.proc.pid),
+                                    pss_after_mb=pss_mb(worker.proc.pid))
     finally:
-        worker.stop()
+        for worker in workers.values():
+            worker.stop()
+    return rounds[candidate.name], rounds[baseline.name]
 
 
-def abba(candidate: Kind, baseline: Kind, pairs: int, base_env: dict[str, str]) -> tuple[list[dict], list[dict]]:
-    """Rounds in ABBA order (AB, BA, AB, ...): a drift in the machine's load hits both kinds alike."""
+def interleaved(candidate: Kind, baseline: Kind, sessions: int, base_env: dict[str, str], redis_pid: int,
+                queues: list[str]) -> tuple[list[dict], list[dict]]:
+    """``sessions`` fresh pairs of workers (a worker's own luck, such as its memory layout, varies between
+    starts), BATCHES pairs of batches each."""
     a, b = [], []
-    for pair in range(pairs):
-        order = (candidate, baseline) if pair % 2 == 0 else (baseline, candidate)
-        for kind in order:
-            (a if kind is candidate else b).append(throughput_round(kind, base_env))
+    for _ in range(sessions):
+        rounds_a, rounds_b = session(candidate, baseline, BATCHES, base_env, redis_pid, queues)
+        a += rounds_a
+        b += rounds_b
     return a, b
 
 
 def compared(candidate: list[dict], baseline: list[dict], names: tuple[str, str]) -> dict:
-    rates = {name: [r["tasks_per_s"] for r in rounds] for name, rounds in zip(names, (candidate, baseline),
-                                                                              strict=True)}
-    return {f"{name}_tasks_per_s": [round(r, 1) for r in rounds] for name, rounds in rates.items()} | {
-        f"{names[0]}_over_{names[1]}": summarize(pair_ratios(*rates.values()))}
+    summary = {}
+    for measure, key in (("tasks_per_s", "over"), ("cpu_ms_per_task", "cpu_per_task_over")):
+        values = {name: [r[measure] for r in rounds] for name, rounds in zip(names, (candidate, baseline),
+                                                                             strict=True)}
+        summary |= {f"{name}_{measure}": [round(v, 3) for v in vals] for name, vals in values.items()}
+        summary[f"{names[0]}_{key}_{names[1]}"] = summarize(pair_ratios(*values.values()))
+    return summary
 
 
 def memory(rounds: list[dict]) -> dict[str, float]:
-    """Medians over the rounds; RSS counts pages shared by the forked pool once per process, PSS once in all."""
+    """Medians over the sessions; RSS counts pages shared by the forked pool once per process, PSS once in all."""
+    rounds = [r for r in rounds if "rss_warm_mb" in r]
     return {f"{size}_{when}_mb": round(statistics.median(r[f"{size}_{key}_mb"] for r in rounds), 1)
             for size in ("rss", "pss") for key, when in (("warm", "after_warmup"), ("after", "after_tasks"))}
 
@@ -264,25 +299,27 @@ def worker_kinds(product_app: Celery, bare_app: Celery) -> dict[str, Kind]:
     }
 
 
-def run_all(db_env: dict[str, str], server: redis.Redis) -> dict:
+def run_all(db_env: dict[str, str], server: redis.Redis, redis_pid: int) -> dict:
     base_env = worker_environment(db_env, os.environ.get("BENCH_TENANCY_CONCURRENCY"))
     settings = load_settings(environ=base_env)
     product_app, bare_app = product_client(base_env), create_bare_app(settings, main="bench-bare-client")
     kinds = worker_kinds(product_app, bare_app)
     product, bare, direct, flower = kinds["product"], kinds["bare"], kinds["direct"], kinds["flower"]
-    results: dict = {"settings": {"argv": worker_argv(settings)[3:], "tasks_per_round": TASKS, "warmup": WARMUP,
-                                  "pairs": PAIRS, "flower_pairs": FLOWER_PAIRS, "starts": STARTS,
+    results: dict = {"settings": {"argv": worker_argv(settings)[3:], "tasks_per_batch": TASKS, "warmup": WARMUP,
+                                  "sessions": SESSIONS, "batch_pairs_per_session": BATCHES,
+                                  "flower_sessions": FLOWER_SESSIONS, "starts": STARTS,
                                   "stats_tasks": STATS_TASKS},
                      "machine_before": machine_state()}
     try:
-        product_rounds, bare_rounds = abba(product, bare, PAIRS, base_env)
+        queues = settings.celery_worker_queues
+        product_rounds, bare_rounds = interleaved(product, bare, SESSIONS, base_env, redis_pid, queues)
         results["throughput"] = compared(product_rounds, bare_rounds, ("product", "bare"))
         results["memory"] = {"product": memory(product_rounds), "bare": memory(bare_rounds),
                              "tasks_after_warmup": TASKS}
         results["redis_commands_per_task"] = redis_commands(product, bare, server, base_env,
                                                             settings.celery_worker_queues)
         results["start_to_first_task"] = start_times([product, direct, bare], base_env)
-        with_flower, without = abba(flower, product, FLOWER_PAIRS, base_env)
+        with_flower, without = interleaved(flower, product, FLOWER_SESSIONS, base_env, redis_pid, queues)
         results["flower"] = compared(with_flower, without, ("with_flower", "without_flower"))
     finally:
         gc.collect()  # pending results unsubscribe when collected: while their Redis still runs
@@ -294,11 +331,11 @@ def run_all(db_env: dict[str, str], server: redis.Redis) -> dict:
 
 def main() -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    redis_url, _ = start_redis(RUN_DIR)
+    redis_url, redis_proc = start_redis(RUN_DIR)
     server = redis.Redis.from_url(redis_url)
     try:
         with migrated_database() as db:
-            results = run_all(bench_environment(db, redis_url), server)
+            results = run_all(bench_environment(db, redis_url), server, redis_proc.pid)
     finally:
         server.close()
         stop_embedded_servers()

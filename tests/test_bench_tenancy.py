@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench import tenancy
 from bench.bare import create_bare_app
 from bench.common import product_client
 from bench.tenancy import redis_commands, worker_environment, worker_kinds
@@ -76,3 +77,30 @@ def test_tenant_headers_add_no_redis_command(session_env: dict[str, str], privat
     # The one expected difference from bare Celery: the atomic take (a script) instead of BRPOP.
     assert "evalsha" in per_task(tenant["consume"]) and "brpop" not in tenant["consume"]
     assert "brpop" in per_task(bare["consume"]) and "evalsha" not in per_task(bare["consume"])
+
+
+def test_interleaved_batches_run_on_their_own_worker_and_count_its_cpu(
+        session_env: dict[str, str], private_redis: tuple[str, redis.Redis], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both workers stay up between batches and consume the same queues: a batch taken by the other (paused) worker
+    # would fail (bare Celery does not know the tenant task) and its time and CPU would be counted for the wrong kind.
+    url, server = private_redis
+    monkeypatch.setattr(tenancy, "TASKS", 60)
+    monkeypatch.setattr(tenancy, "WARMUP", 5)
+    env = worker_environment({**session_env, "BROKER_URL": f"{url}/0", "CELERY_RESULT_BACKEND": f"{url}/1"}, "2")
+    settings = load_settings(environ=env)
+    product_app, bare_app = product_client(env), create_bare_app(settings)
+    kinds = worker_kinds(product_app, bare_app)
+    redis_pid = server.info("server")["process_id"]
+    try:
+        product, bare = tenancy.session(kinds["product"], kinds["bare"], 2, env, redis_pid,
+                                        settings.celery_worker_queues)
+    finally:
+        gc.collect()
+        product_app.close()
+        bare_app.close()
+    assert len(product) == len(bare) == 2
+    for batch in product + bare:
+        assert batch["tasks_per_s"] > 0
+        assert batch["cpu_ms_per_task"] > 0  # the measured worker (and Redis) worked during its batch
+    assert {"rss_warm_mb", "pss_after_mb"} <= product[-1].keys() and {"rss_warm_mb", "pss_after_mb"} <= bare[-1].keys()
+    assert server.llen(f"{env['REDIS_KEY_PREFIX']}celery") == 0
