@@ -23,7 +23,8 @@ Everything talks to a private redis-server started for this run (its command sta
 Sizes: BENCH_TENANCY_TASKS (tasks per batch), BENCH_TENANCY_WARMUP, BENCH_TENANCY_ROUNDS (sessions for part 1),
 BENCH_TENANCY_BATCHES (pairs of batches per session), BENCH_TENANCY_FLOWER_ROUNDS (sessions for part 5),
 BENCH_TENANCY_STARTS (spawns per worker kind for part 3), BENCH_TENANCY_STATS_TASKS (tasks per part 2 batch),
-BENCH_TENANCY_CONCURRENCY (instead of the image's concurrency, for both kinds). Results go to stdout and bench/results/tenancy.json; nothing is asserted.
+BENCH_TENANCY_CONCURRENCY (instead of the image's concurrency, for both kinds). Results go to stdout and
+bench/results/tenancy.json; nothing is asserted.
 """
 
 from __future__ import annotations
