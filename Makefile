@@ -53,6 +53,8 @@ bench: install
 	$(PY) -m bench.run
 	$(PY) -m bench.execution
 	$(PY) -m bench.tenancy
+	$(PY) -m bench.fetch
+	$(PY) -m bench.metrics
 
 # The development databases live on the PostgreSQL server, not under .run: drop them first.
 clean:

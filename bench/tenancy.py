@@ -330,6 +330,34 @@ def run_all(db_env: dict[str, str], server: redis.Redis, redis_pid: int) -> dict
     return results
 
 
+def compare_in_sessions(choose: Callable[[dict[str, Kind]], tuple[Kind, Kind]], names: tuple[str, str],
+                        sessions: int = SESSIONS) -> dict:
+    """Another pair of worker kinds (``choose`` picks them from worker_kinds()) measured like part 1, on a private
+    Redis and a fresh database: bench.metrics and bench.fetch."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    redis_url, redis_proc = start_redis(RUN_DIR)
+    try:
+        with migrated_database() as db:
+            base_env = worker_environment(bench_environment(db, redis_url),
+                                          os.environ.get("BENCH_TENANCY_CONCURRENCY"))
+            settings = load_settings(environ=base_env)
+            product_app = product_client(base_env)
+            bare_app = create_bare_app(settings, main="bench-bare-client")
+            try:
+                candidate, baseline = choose(worker_kinds(product_app, bare_app))
+                rounds = interleaved(candidate, baseline, sessions, base_env, redis_proc.pid,
+                                     settings.celery_worker_queues)
+            finally:
+                gc.collect()
+                product_app.close()
+                bare_app.close()
+    finally:
+        stop_embedded_servers()
+    return {"settings": {"sessions": sessions, "batch_pairs_per_session": BATCHES, "tasks_per_batch": TASKS},
+            "machine": machine_state(), **compared(*rounds, names),
+            "memory": {names[0]: memory(rounds[0]), names[1]: memory(rounds[1])}}
+
+
 def main() -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     redis_url, redis_proc = start_redis(RUN_DIR)
