@@ -17,7 +17,7 @@ import hashlib
 from typing import Any
 
 import psycopg2.extensions
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import Pool
 
@@ -26,8 +26,8 @@ from worker.errors import TenantConflictError, TenantContextError
 #: ``ConnectionRecord.info`` key of the connection's tenant key (bytes).
 KEY_INFO = "worker.db.tenant_key"
 # Since revision 0007 enter also refuses a user of another organization (SQLSTATE TW001; check_user before).
-ENTER = text("select tenant_guard.enter(:org, :usr, :proof)")
-_ENTER_PYFORMAT = "select tenant_guard.enter(%(org)s, %(usr)s, %(proof)s)"
+#: In the driver's own parameter style: sent as it is, or rendered complete by enter_statement().
+ENTER = "select tenant_guard.enter(%(org)s, %(usr)s, %(proof)s)"
 FOREIGN_USER_SQLSTATE = "TW001"
 _HAS_GUARD = ("select coalesce(has_function_privilege(to_regprocedure('tenant_guard.register_connection()'), "
               "'EXECUTE'), false)")
@@ -53,7 +53,7 @@ def enter_statement(dbapi_connection: Any, parameters: dict[str, str]) -> str:
     # The base class's cursor: the connection's own would first send what it owes the next statement.
     cursor = psycopg2.extensions.connection.cursor(dbapi_connection)
     try:
-        return cursor.mogrify(_ENTER_PYFORMAT, parameters).decode()
+        return cursor.mogrify(ENTER, parameters).decode()
     finally:
         cursor.close()
 

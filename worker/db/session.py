@@ -53,7 +53,7 @@ def _apply(connection: Connection, tenant: Tenant) -> None:
         dbapi_connection.enter_tenant_with_next_statement(guard.enter_statement(dbapi_connection, parameters))
         return
     try:
-        connection.execute(guard.ENTER, parameters)
+        connection.exec_driver_sql(guard.ENTER, parameters)
     except DBAPIError as exc:
         conflict = guard.tenant_conflict(exc.orig)
         if conflict is not None:
