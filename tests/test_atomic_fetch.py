@@ -328,3 +328,32 @@ def test_a_redis_without_blmove_falls_back_to_brpop(tmp_path: Path, caplog: pyte
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_acknowledgements_share_one_client_per_pool_and_ack_for_real(url: str, prefix: str,
+                                                                       plain: redis.Redis) -> None:
+    # kombu made a new redis.Redis (a copy of redis-py's callback table) for every acknowledgement; the channel
+    # now keeps one per connection pool, and after the pool is replaced (a connection error) it makes a new one.
+    with connect(url, prefix) as connection:
+        received: list[Any] = []
+        for n in range(3):
+            publish(connection, "shared-client", {"n": n})
+        with connection.channel() as channel, Consumer(channel, [queue("shared-client")],
+                                                        callbacks=[lambda body, msg: received.append(msg)]):
+            while len(received) < 3:
+                connection.drain_events(timeout=5)
+            clients = []
+            for message in received:
+                message.ack()
+                with channel.conn_or_acquire() as client:
+                    clients.append(client)
+            assert all(client is clients[0] for client in clients)
+            assert clients[0].connection_pool is channel.pool
+            assert plain.hlen(f"{prefix}unacked") == 0  # the shared client's acknowledgements reached Redis
+            channel._disconnect_pools()
+            with channel.conn_or_acquire() as client:
+                assert client is not clients[0] and client.connection_pool is channel.pool
+                assert client.ping()
+            given = object()
+            with channel.conn_or_acquire(given) as client:
+                assert client is given
