@@ -6,7 +6,7 @@ task that runs part of the run and hands over to a successor while work is left;
 
 The lane machinery (worker/execution/lane.py, clients.py: aiohttp, jinja2, jsonschema and the judges) is imported
 by the process that runs a lane, at its first lane, not by ``import worker.app``: the worker starts sooner, and
-producers that import the app never load it (tests/test_import_cost.py).
+producers that import the app never load it (tests/test_worker_start.py).
 """
 
 from __future__ import annotations

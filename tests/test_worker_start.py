@@ -1,8 +1,9 @@
-"""What ``import worker.app`` loads: the tasks' names, not the test execution machinery (docs/execution.md).
+"""What a worker's start costs: what ``import worker.app`` loads, and what the prefork pool's start does.
 
 Every ``celery -A worker.app`` start and every producer pays for what the app imports, serially, before a pool
 forks; the lanes' HTTP clients, templates and judges (aiohttp, jinja2, jsonschema) are imported by the process
-that runs a lane, at its first lane. The execution tests (tests/execution/) run lanes in real workers.
+that runs a lane, at its first lane (docs/execution.md). The execution tests (tests/execution/) run lanes in real
+workers. The main process keeps its objects out of the collector while it forks the first pool (worker/prefork.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, WorkerProcess
 
 #: Loaded at a process's first lane (worker/tasks/execution.py), never by importing the app.
 LANE_ONLY = ("aiohttp", "jinja2", "jsonschema", "worker.execution.lane", "worker.execution.clients",
@@ -34,3 +36,21 @@ def test_importing_the_app_registers_every_task_without_the_lane_machinery(sessi
     found = json.loads(out.stdout.splitlines()[-1])
     assert found["loaded"] == []
     assert set(TASK_NAMES) <= set(found["tasks"])
+
+
+def test_the_first_pool_is_forked_frozen_and_the_main_process_unfreezes_once_ready(
+        worker_factory: Callable[..., WorkerProcess], client_app) -> None:  # type: ignore[no-untyped-def]
+    # One process that is replaced after each task: the first was forked while the worker started, the second
+    # after it was ready.
+    worker = worker_factory(pool="prefork", concurrency=1, extra_args=("--max-tasks-per-child", "1"))
+    probe = client_app.tasks["tests.probe.gc_frozen"]
+    first = probe.apply_async(queue="celery").get(timeout=30)
+    second = probe.apply_async(queue="celery").get(timeout=30)
+    replies = client_app.control.broadcast("gc_frozen", destination=[worker.node], reply=True, timeout=10)
+    assert replies, "the worker did not answer"
+    main = replies[0][worker.node]
+
+    assert first["frozen"] > 10_000  # the imports' objects: the child's collector leaves them alone
+    assert main["frozen"] == 0  # the main process's collector sees everything again
+    assert second["pid"] != first["pid"]
+    assert second["frozen"] == 0  # a replacement is forked as Celery forks it
