@@ -10,7 +10,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from config import ConfigError, Settings
-from worker import logging_context, observability, tenant  # noqa: F401 - connect logging, metrics, propagation signals
+from worker import logging_context, observability, prefork, tenant  # noqa: F401 - connect signal handlers
 from worker.celeryconfig import build_celery_config, redis_endpoints
 from worker.health.bootsteps import install_health_checks
 from worker.ops import control as _ops_control  # noqa: F401 - the tenant_tasks inspection (python -m worker inspect)

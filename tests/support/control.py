@@ -35,3 +35,11 @@ def redis_pools(state: Any) -> dict[str, Any]:
         "global_keyprefix": channel.global_keyprefix,
         "backend": describe_pool(consumer.app.backend.client.connection_pool),
     }
+
+
+@inspect_command()
+def gc_frozen(state: Any) -> dict[str, int]:
+    """How many objects the worker's main process keeps out of its collector (worker/prefork.py)."""
+    import gc
+
+    return {"frozen": gc.get_freeze_count()}

@@ -149,3 +149,12 @@ def scan_rows(self: BaseTask, queries: int) -> dict[str, Any]:
                 rows += 1
                 foreign += str(row_org) != org
     return _seen(self, foreign_rows=foreign, leaked_settings=leaked, rows=rows, queries=queries)
+
+
+@shared_task(bind=True, base=BaseTask, name="tests.probe.gc_frozen")
+def gc_frozen(self: BaseTask) -> dict[str, int]:
+    """This pool process's pid and how many objects its collector leaves alone (worker/prefork.py)."""
+    import gc
+    import os
+
+    return {"pid": os.getpid(), "frozen": gc.get_freeze_count()}

@@ -3,11 +3,15 @@
 ``execute_test_configuration`` makes (or, redelivered, finds) the run and starts its lanes; each lane is a short
 task that runs part of the run and hands over to a successor while work is left; ``cancel_test_run`` stops a run;
 ``sweep`` settles stalled runs of every organization.
+
+The lane machinery (worker/execution/lane.py, clients.py: aiohttp, jinja2, jsonschema and the judges) is imported
+by the process that runs a lane, at its first lane, not by ``import worker.app``: the worker starts sooner, and
+producers that import the app never load it (tests/test_worker_start.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
 
@@ -17,13 +21,14 @@ from worker.db.secrets import get_cipher as cipher
 from worker.errors import TenantContextError
 from worker.execution import loop, store
 from worker.execution.cancel import cancel_test_run as cancel_run
-from worker.execution.clients import clients
-from worker.execution.lane import Lane, LaneLimits
 from worker.execution.load import load_endpoint, load_metrics
 from worker.execution.runs import parse_id, start_run
 from worker.execution.settings import ExecutionSettings, execution_settings
 from worker.execution.sweeper import sweep as sweep_runs
 from worker.tenant.context import current_tenant
+
+if TYPE_CHECKING:
+    from worker.execution.lane import LaneReport
 
 LANE_TASK = "rhesis.backend.tasks.execution.run_lane"
 
@@ -79,13 +84,18 @@ def execute_test_configuration(self: BaseTask, test_configuration_id: str,
             "created": run.created}
 
 
-async def _run_lane(lane_args: dict[str, Any], settings: ExecutionSettings) -> Any:
+async def _run_lane(lane_args: dict[str, Any], settings: ExecutionSettings) -> LaneReport:
+    from worker.execution.clients import clients
+    from worker.execution.lane import Lane
+
     client, evaluator = await clients(settings)
     return await Lane(client=client, evaluator=evaluator, **lane_args).run()
 
 
 @shared_task(bind=True, base=BaseTask, name=LANE_TASK)
 def run_lane(self: BaseTask, test_run_id: str, lane: int | None = None, token: str | None = None) -> dict[str, Any]:
+    from worker.execution.lane import LaneLimits  # heavy: see the module's docstring
+
     tenant = _tenant()
     settings = execution_settings()
     run_id = parse_id(test_run_id, "test_run_id")

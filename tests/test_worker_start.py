@@ -1,0 +1,56 @@
+"""What a worker's start costs: what ``import worker.app`` loads, and what the prefork pool's start does.
+
+Every ``celery -A worker.app`` start and every producer pays for what the app imports, serially, before a pool
+forks; the lanes' HTTP clients, templates and judges (aiohttp, jinja2, jsonschema) are imported by the process
+that runs a lane, at its first lane (docs/execution.md). The execution tests (tests/execution/) run lanes in real
+workers. The main process keeps its objects out of the collector while it forks the first pool (worker/prefork.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+from tests.conftest import ROOT, WorkerProcess
+
+#: Loaded at a process's first lane (worker/tasks/execution.py), never by importing the app.
+LANE_ONLY = ("aiohttp", "jinja2", "jsonschema", "worker.execution.lane", "worker.execution.clients",
+             "worker.execution.endpoint", "worker.execution.metrics")
+
+#: The wire contract: every product task is registered by importing the app.
+TASK_NAMES = ("rhesis.backend.tasks.echo", "rhesis.backend.tasks.count_test_sets",
+              "rhesis.backend.tasks.get_test_configuration", "rhesis.backend.tasks.manual_db_example",
+              "rhesis.backend.tasks.create_test_set", "rhesis.backend.tasks.execute_test_configuration",
+              "rhesis.backend.tasks.execution.run_lane", "rhesis.backend.tasks.execution.cancel_test_run",
+              "rhesis.backend.tasks.execution.sweep")
+
+
+def test_importing_the_app_registers_every_task_without_the_lane_machinery(session_env: dict[str, str]) -> None:
+    script = ("import json, sys; from worker.app import app; app.loader.import_default_modules(); "
+              f"print(json.dumps({{'loaded': [m for m in {LANE_ONLY!r} if m in sys.modules], "
+              "'tasks': sorted(app.tasks)}))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**session_env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, check=True, timeout=60)
+    found = json.loads(out.stdout.splitlines()[-1])
+    assert found["loaded"] == []
+    assert set(TASK_NAMES) <= set(found["tasks"])
+
+
+def test_the_first_pool_is_forked_frozen_and_the_main_process_unfreezes_once_ready(
+        worker_factory: Callable[..., WorkerProcess], client_app) -> None:  # type: ignore[no-untyped-def]
+    # One process that is replaced after each task: the first was forked while the worker started, the second
+    # after it was ready.
+    worker = worker_factory(pool="prefork", concurrency=1, extra_args=("--max-tasks-per-child", "1"))
+    probe = client_app.tasks["tests.probe.gc_frozen"]
+    first = probe.apply_async(queue="celery").get(timeout=30)
+    second = probe.apply_async(queue="celery").get(timeout=30)
+    replies = client_app.control.broadcast("gc_frozen", destination=[worker.node], reply=True, timeout=10)
+    assert replies, "the worker did not answer"
+    main = replies[0][worker.node]
+
+    assert first["frozen"] > 10_000  # the imports' objects: the child's collector leaves them alone
+    assert main["frozen"] == 0  # the main process's collector sees everything again
+    assert second["pid"] != first["pid"]
+    assert second["frozen"] == 0  # a replacement is forked as Celery forks it
