@@ -1,13 +1,15 @@
-"""A quicker prefork start: the main process freezes its objects while it forks the first pool (docs/container.md).
+"""A quicker prefork start and shared memory: the main process freezes what its start made (docs/container.md).
 
 Celery's prefork pool runs a full ``gc.collect()`` before it forks each child (celery/concurrency/asynpool.py,
-issue #2927). Every one of those collections walks all the objects the imports made, and writes to their headers
-after a fork has shared the pages with a child, so the kernel copies the parent's heap again and again: with 8
-children on 2 cores, most of the time between "starting" and the first task. Frozen objects (``gc.freeze()``) are
-skipped by the collector. So, before each child of the starting pool: collect (what Celery's collection would find)
-and freeze; when the worker is ready, unfreeze, so that the main process's collector sees everything again (children
-that replace others later are forked as Celery does it). The children keep the frozen state they were forked with:
-their collector leaves the inherited objects alone, which also keeps those pages shared.
+issue #2927), and every child's collector sooner or later walks the objects it inherited. Each walk writes to the
+objects' headers, so the kernel copies every page a fork had shared: with 8 children on 2 cores that was most of
+the time between "starting" and the first task, and each child ended up with a private copy of the whole heap.
+Frozen objects (``gc.freeze()``) are skipped by the collector. So, before the first pool forks, the main process
+collects (what Celery's collection would find) and freezes everything its start made, for good: its collector and
+every child's, replacements included, leave those objects alone and their pages stay shared. Objects made after
+that are collected as usual. The price: a reference cycle among the frozen objects is never collected; they are
+the modules, classes, settings and clients of the start, which live as long as the process anyway, so what can
+stay behind is bounded by what the start made (bench/README.md, "Worker memory").
 
 billiard's children each parse a C declaration with cffi when it is installed (``set_pdeathsig``), which imports
 pycparser and builds its parser; done once here, the children inherit it.
@@ -19,10 +21,9 @@ import gc
 import sys
 from typing import Any
 
-from celery.signals import worker_before_create_process, worker_ready
+from celery.signals import worker_before_create_process
 
-_starting = True  # until worker_ready, in the main process
-_frozen = False  # by us: unfrozen at worker_ready
+_frozen = False  # set once, by the first fork of the first pool
 
 
 def _warm_billiard_cffi() -> None:
@@ -35,21 +36,11 @@ def _warm_billiard_cffi() -> None:
 
 
 @worker_before_create_process.connect(weak=False, dispatch_uid="worker.prefork.freeze")
-def _freeze_before_fork(**_: Any) -> None:
+def _freeze_before_first_fork(**_: Any) -> None:
     global _frozen
-    if not _starting or not gc.isenabled():
-        return  # a replacement child, or someone manages the collector themselves
-    if not _frozen:
-        _warm_billiard_cffi()
+    if _frozen or not gc.isenabled():
+        return  # frozen already (later children inherit it), or someone manages the collector themselves
+    _warm_billiard_cffi()
     gc.collect()
     gc.freeze()
     _frozen = True
-
-
-@worker_ready.connect(weak=False, dispatch_uid="worker.prefork.unfreeze")
-def _unfreeze_when_ready(**_: Any) -> None:
-    global _starting, _frozen
-    _starting = False
-    if _frozen:
-        _frozen = False
-        gc.unfreeze()

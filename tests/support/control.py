@@ -39,7 +39,17 @@ def redis_pools(state: Any) -> dict[str, Any]:
 
 @inspect_command()
 def gc_frozen(state: Any) -> dict[str, int]:
-    """How many objects the worker's main process keeps out of its collector (worker/prefork.py)."""
+    """How many objects the worker's main process keeps out of its collector (worker/prefork.py), and whether
+    that collector still frees a reference cycle made now."""
     import gc
+    import weakref
 
-    return {"frozen": gc.get_freeze_count()}
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.self = cycle  # type: ignore[attr-defined]
+    alive = weakref.ref(cycle)
+    del cycle
+    gc.collect()
+    return {"frozen": gc.get_freeze_count(), "new_cycle_collected": alive() is None}
