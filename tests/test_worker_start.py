@@ -56,3 +56,22 @@ def test_the_start_is_frozen_for_the_main_process_and_every_pool_process(
     assert second["frozen"] > 10_000  # a replacement inherits the same
     assert main["frozen"] > 10_000
     assert main["new_cycle_collected"] is True
+
+
+def test_a_worker_of_the_execution_queue_refuses_to_start_without_the_lane_packages(
+        session_env: dict[str, str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The lanes import jsonschema at their first run; an environment without it must fail at start, not at every
+    # lane. The shim hides the package the way a missing install would (find_spec finds nothing).
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'jsonschema' or name.startswith('jsonschema.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _Hide())\n")
+    env = {**session_env, "PYTHONPATH": f"{tmp_path}:{ROOT}", "CELERY_WORKER_QUEUES": "celery,execution"}
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
+                           "--without-mingle", "--without-gossip", "--hostname", "lanecheck@localhost"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 70, done.stderr[-2000:]
+    assert "worker start refused: the execution queue's lanes need jsonschema" in done.stderr

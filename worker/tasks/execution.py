@@ -6,14 +6,19 @@ task that runs part of the run and hands over to a successor while work is left;
 
 The lane machinery (worker/execution/lane.py, clients.py: aiohttp, jinja2, jsonschema and the judges) is imported
 by the process that runs a lane, at its first lane, not by ``import worker.app``: the worker starts sooner, and
-producers that import the app never load it (tests/test_worker_start.py).
+producers that import the app never load it (tests/test_worker_start.py). A worker that consumes the ``execution``
+queue checks at start that the packages the lanes import are installed, so that a broken image fails at start
+rather than at every lane (and the sweeper restarting those lanes forever).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
+from celery.signals import worker_init
 
 from worker.base_task import BaseTask
 from worker.db.models import TestConfiguration
@@ -31,6 +36,36 @@ if TYPE_CHECKING:
     from worker.execution.lane import LaneReport
 
 LANE_TASK = "rhesis.backend.tasks.execution.run_lane"
+#: Third-party packages the lanes import at their first run (see the module docstring).
+LANE_PACKAGES = ("aiohttp", "jinja2", "jsonschema")
+
+
+def missing_lane_packages() -> list[str]:
+    """The lanes' packages that cannot be found, without importing any of them."""
+    missing = []
+    for name in LANE_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+@worker_init.connect(weak=False, dispatch_uid="worker.tasks.execution.lane_packages")
+def _refuse_to_start_without_lane_packages(**_: object) -> None:
+    from worker.settings import get_settings  # validated by worker.app's own worker_init handler, which runs first
+
+    if "execution" not in get_settings().celery_worker_queues:
+        return
+    missing = missing_lane_packages()
+    if missing:
+        # One line and EX_SOFTWARE, like the settings check: the image lacks what the execution queue's tasks need.
+        print(f"worker start refused: the execution queue's lanes need {', '.join(missing)}, which cannot be "
+              "imported in this environment; install the worker's dependencies (pip install .) or stop consuming "
+              "the execution queue (CELERY_WORKER_QUEUES)", file=sys.stderr)
+        raise SystemExit(70)
 
 
 def _tenant() -> Any:
