@@ -206,12 +206,16 @@ def test_the_first_wait_after_a_delivery_watches_the_queue_that_delivered(url: s
                     got.clear()
                     with contextlib.suppress(TimeoutError):
                         connection.drain_events(timeout=0.2)  # the take finds nothing, then the wait starts
-                    published = False
-                    while True:  # the first wait issued after our message was pushed
+                    published = taken = False
+                    while True:  # the first wait issued after the take that popped our message
+                        # (not merely after the push: a rotation wait issued between the push and that take,
+                        # the take having found the queue empty just before, is the previous cycle's)
                         command = monitor.next_command()["command"]
-                        published = published or (command.upper().startswith("LPUSH") and
-                                                  command.split()[1] == f"{prefix}{name}")
-                        if published and command.upper().startswith("BLMOVE"):
+                        words = command.split()
+                        key = words[1] if len(words) > 1 else ""
+                        published = published or (words[0].upper() == "LPUSH" and key == f"{prefix}{name}")
+                        taken = taken or (published and words[0].upper() == "RPOP" and key == f"{prefix}{name}")
+                        if taken and words[0].upper() == "BLMOVE":
                             break
                 assert command.split()[1] == f"{prefix}{name}", (name, command)
 
