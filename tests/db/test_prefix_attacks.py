@@ -536,7 +536,6 @@ def test_two_tenants_interleaved_on_gevent_greenlets(make_database, rls: bool) -
 
     pytest.importorskip("gevent")
     pytest.importorskip("psycogreen")
-    from worker.db.models import RLS_TABLES
 
     db = make_database()
     orgs = [str(uuid.uuid4()) for _ in range(2)]
@@ -545,12 +544,7 @@ def test_two_tenants_interleaved_on_gevent_greenlets(make_database, rls: bool) -
     owner.dispose()
     url = db.runtime_url
     if not rls:  # the ORM criteria (a context variable per greenlet) are then the only filter
-        admin = create_engine(db.admin_url, poolclass=NullPool)
-        with admin.begin() as conn:
-            for table in RLS_TABLES:
-                conn.execute(text(f'alter table "{table}" no force row level security'))
-                conn.execute(text(f'alter table "{table}" disable row level security'))
-        admin.dispose()
+        disable_rls(db)
         url = db.owner_url
     done = subprocess.run([sys.executable, "-c", _GEVENT_SCRIPT, url, f"{orgs[0]}=2,4,4", f"{orgs[1]}=1,2,2"],
                           capture_output=True, text=True, timeout=120)
