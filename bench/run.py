@@ -32,6 +32,7 @@ from bench.common import (
 )
 from bench.database import database_benchmark
 from bench.spread import pair_ratios, summarize
+from bench.tenancy import consuming
 from tests.conftest import start_worker_process
 
 TASKS_PER_ROUND = env_int("BENCH_TASKS", 1000)
@@ -43,21 +44,18 @@ def task_benchmark(env: dict[str, str]) -> dict:
     client = product_client(env)
     worker = start_worker_process(env, RUN_DIR, pool="prefork", concurrency=2, app="bench.worker_app",
                                   ping_app=client)
-    queues = ["celery", "execution"]
-
-    def consuming(on: bool) -> None:
-        for queue in queues:
-            (client.control.add_consumer if on else client.control.cancel_consumer)(
-                queue, destination=[worker.node], reply=True)
+    queues = ["celery", "execution"]  # what start_worker_process's worker consumes
 
     def batch(name: str, headers: dict | None) -> Batch:
-        return drain_full_queue(client, name, TASKS_PER_ROUND, headers, resume=lambda: consuming(True),
-                                pause=lambda: consuming(False), cpu_seconds=lambda: cpu_seconds(worker.proc.pid))
+        return drain_full_queue(client, name, TASKS_PER_ROUND, headers,
+                                resume=lambda: consuming(client, worker.node, queues, on=True),
+                                pause=lambda: consuming(client, worker.node, queues, on=False),
+                                cpu_seconds=lambda: cpu_seconds(worker.proc.pid))
 
     try:
         drain(client, "bench.noop_plain", 200, None)  # warm-up
         drain(client, "bench.noop_tenant", 200, {"organization_id": ORG, "user_id": USER})
-        consuming(False)
+        consuming(client, worker.node, queues, on=False)
         rss_start = rss_mb(worker.proc.pid)
         plain, tenant = [], []
         for pair in range(ROUNDS):

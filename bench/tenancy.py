@@ -38,7 +38,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -59,7 +60,7 @@ from bench.common import (
     rss_mb,
 )
 from bench.spread import pair_ratios, summarize
-from config import load_settings
+from config import Settings, load_settings
 from config.worker_command import worker_argv
 from tests.conftest import WorkerProcess, spawn_worker_process, wait_until_ready
 from worker.dev.services import free_port, start_redis, stop_embedded_servers
@@ -142,7 +143,7 @@ def session(candidate: Kind, baseline: Kind, batches: int, base_env: dict[str, s
         for kind in (candidate, baseline):  # one at a time: both consume the same queues
             workers[kind.name] = started(kind, base_env)
             drain(kind.client, kind.task, WARMUP, kind.headers)
-            consuming(kind, workers[kind.name], queues, on=False)
+            consuming(kind.client, workers[kind.name].node, queues, on=False)
         warm = {name: {"rss_warm_mb": rss_mb(w.proc.pid), "pss_warm_mb": pss_mb(w.proc.pid)}
                 for name, w in workers.items()}
         for pair in range(batches):
@@ -150,8 +151,8 @@ def session(candidate: Kind, baseline: Kind, batches: int, base_env: dict[str, s
                 worker = workers[kind.name]
                 batch = drain_full_queue(
                     kind.client, kind.task, TASKS, kind.headers,
-                    resume=lambda kind=kind, worker=worker: consuming(kind, worker, queues, on=True),
-                    pause=lambda kind=kind, worker=worker: consuming(kind, worker, queues, on=False),
+                    resume=lambda kind=kind, worker=worker: consuming(kind.client, worker.node, queues, on=True),
+                    pause=lambda kind=kind, worker=worker: consuming(kind.client, worker.node, queues, on=False),
                     cpu_seconds=lambda worker=worker: cpu_seconds(worker.proc.pid) + cpu_seconds(redis_pid, tree=False))
                 rounds[kind.name].append({"tasks_per_s": batch.tasks_per_s,
                                           "cpu_ms_per_task": batch.cpu_s_per_task * 1e3,
@@ -202,23 +203,24 @@ def per_task(server: redis.Redis, tasks: int) -> dict[str, float]:
             if name not in ("cmdstat_config|resetstat", "cmdstat_info")}
 
 
-def consuming(kind: Kind, worker: WorkerProcess, queues: list[str], on: bool) -> None:
-    control = kind.client.control
+def consuming(app: Celery, node: str, queues: list[str], on: bool) -> None:
+    """Let the worker ``node`` consume ``queues`` again, or stop it consuming them (waits for its replies)."""
+    control = app.control
     for queue in queues:
-        (control.add_consumer if on else control.cancel_consumer)(queue, destination=[worker.node], reply=True)
+        (control.add_consumer if on else control.cancel_consumer)(queue, destination=[node], reply=True)
 
 
 def command_batch(kind: Kind, worker: WorkerProcess, server: redis.Redis, task: str, headers: dict | None,
                   queues: list[str], tasks: int) -> dict[str, dict[str, float]]:
     """Publishing ``tasks`` tasks while the worker consumes nothing, then consuming them from a full queue: so
     that neither phase counts the idle polls of a worker that drained faster than the producer published."""
-    consuming(kind, worker, queues, on=False)
+    consuming(kind.client, worker.node, queues, on=False)
     gc.collect()  # results of earlier batches unsubscribe when collected: not inside this one
     server.config_resetstat()
     results = [kind.client.tasks[task].apply_async(headers=headers) for _ in range(tasks)]
     publish = per_task(server, tasks)
     server.config_resetstat()
-    consuming(kind, worker, queues, on=True)
+    consuming(kind.client, worker.node, queues, on=True)
     for result in results:
         result.get(timeout=300)
     del results
@@ -300,40 +302,19 @@ def worker_kinds(product_app: Celery, bare_app: Celery) -> dict[str, Kind]:
     }
 
 
-def run_all(db_env: dict[str, str], server: redis.Redis, redis_pid: int) -> dict:
-    base_env = worker_environment(db_env, os.environ.get("BENCH_TENANCY_CONCURRENCY"))
-    settings = load_settings(environ=base_env)
-    product_app, bare_app = product_client(base_env), create_bare_app(settings, main="bench-bare-client")
-    kinds = worker_kinds(product_app, bare_app)
-    product, bare, direct, flower = kinds["product"], kinds["bare"], kinds["direct"], kinds["flower"]
-    results: dict = {"settings": {"argv": worker_argv(settings)[3:], "tasks_per_batch": TASKS, "warmup": WARMUP,
-                                  "sessions": SESSIONS, "batch_pairs_per_session": BATCHES,
-                                  "flower_sessions": FLOWER_SESSIONS, "starts": STARTS,
-                                  "stats_tasks": STATS_TASKS},
-                     "machine_before": machine_state()}
-    try:
-        queues = settings.celery_worker_queues
-        product_rounds, bare_rounds = interleaved(product, bare, SESSIONS, base_env, redis_pid, queues)
-        results["throughput"] = compared(product_rounds, bare_rounds, ("product", "bare"))
-        results["memory"] = {"product": memory(product_rounds), "bare": memory(bare_rounds),
-                             "tasks_after_warmup": TASKS}
-        results["redis_commands_per_task"] = redis_commands(product, bare, server, base_env,
-                                                            settings.celery_worker_queues)
-        results["start_to_first_task"] = start_times([product, direct, bare], base_env)
-        with_flower, without = interleaved(flower, product, FLOWER_SESSIONS, base_env, redis_pid, queues)
-        results["flower"] = compared(with_flower, without, ("with_flower", "without_flower"))
-    finally:
-        gc.collect()  # pending results unsubscribe when collected: while their Redis still runs
-        product_app.close()
-        bare_app.close()
-    results["machine_after"] = machine_state()
-    return results
+@dataclass(frozen=True)
+class PrivateBench:
+    """What one benchmark run works with: its own Redis, a fresh database, the workers' environment and kinds."""
+
+    redis_url: str
+    redis_pid: int
+    base_env: dict[str, str]
+    settings: Settings
+    kinds: dict[str, Kind]
 
 
-def compare_in_sessions(choose: Callable[[dict[str, Kind]], tuple[Kind, Kind]], names: tuple[str, str],
-                        sessions: int = SESSIONS) -> dict:
-    """Another pair of worker kinds (``choose`` picks them from worker_kinds()) measured like part 1, on a private
-    Redis and a fresh database: bench.metrics and bench.fetch."""
+@contextmanager
+def private_bench() -> Iterator[PrivateBench]:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     redis_url, redis_proc = start_redis(RUN_DIR)
     try:
@@ -344,30 +325,56 @@ def compare_in_sessions(choose: Callable[[dict[str, Kind]], tuple[Kind, Kind]], 
             product_app = product_client(base_env)
             bare_app = create_bare_app(settings, main="bench-bare-client")
             try:
-                candidate, baseline = choose(worker_kinds(product_app, bare_app))
-                rounds = interleaved(candidate, baseline, sessions, base_env, redis_proc.pid,
-                                     settings.celery_worker_queues)
+                yield PrivateBench(redis_url, redis_proc.pid, base_env, settings, worker_kinds(product_app, bare_app))
             finally:
-                gc.collect()
+                gc.collect()  # pending results unsubscribe when collected: while their Redis still runs
                 product_app.close()
                 bare_app.close()
     finally:
         stop_embedded_servers()
+
+
+def run_all(bench: PrivateBench, server: redis.Redis) -> dict:
+    base_env, settings, kinds, redis_pid = bench.base_env, bench.settings, bench.kinds, bench.redis_pid
+    product, bare, direct, flower = kinds["product"], kinds["bare"], kinds["direct"], kinds["flower"]
+    queues = settings.celery_worker_queues
+    results: dict = {"settings": {"argv": worker_argv(settings)[3:], "tasks_per_batch": TASKS, "warmup": WARMUP,
+                                  "sessions": SESSIONS, "batch_pairs_per_session": BATCHES,
+                                  "flower_sessions": FLOWER_SESSIONS, "starts": STARTS,
+                                  "stats_tasks": STATS_TASKS},
+                     "machine_before": machine_state()}
+    product_rounds, bare_rounds = interleaved(product, bare, SESSIONS, base_env, redis_pid, queues)
+    results["throughput"] = compared(product_rounds, bare_rounds, ("product", "bare"))
+    results["memory"] = {"product": memory(product_rounds), "bare": memory(bare_rounds),
+                         "tasks_after_warmup": TASKS}
+    results["redis_commands_per_task"] = redis_commands(product, bare, server, base_env, queues)
+    results["start_to_first_task"] = start_times([product, direct, bare], base_env)
+    with_flower, without = interleaved(flower, product, FLOWER_SESSIONS, base_env, redis_pid, queues)
+    results["flower"] = compared(with_flower, without, ("with_flower", "without_flower"))
+    results["machine_after"] = machine_state()
+    return results
+
+
+def compare_in_sessions(choose: Callable[[dict[str, Kind]], tuple[Kind, Kind]], names: tuple[str, str],
+                        sessions: int = SESSIONS) -> dict:
+    """Another pair of worker kinds (``choose`` picks them from worker_kinds()) measured like part 1, on a private
+    Redis and a fresh database: bench.metrics and bench.fetch."""
+    with private_bench() as bench:
+        candidate, baseline = choose(bench.kinds)
+        rounds = interleaved(candidate, baseline, sessions, bench.base_env, bench.redis_pid,
+                             bench.settings.celery_worker_queues)
     return {"settings": {"sessions": sessions, "batch_pairs_per_session": BATCHES, "tasks_per_batch": TASKS},
             "machine": machine_state(), **compared(*rounds, names),
             "memory": {names[0]: memory(rounds[0]), names[1]: memory(rounds[1])}}
 
 
 def main() -> int:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    redis_url, redis_proc = start_redis(RUN_DIR)
-    server = redis.Redis.from_url(redis_url)
-    try:
-        with migrated_database() as db:
-            results = run_all(bench_environment(db, redis_url), server, redis_proc.pid)
-    finally:
-        server.close()
-        stop_embedded_servers()
+    with private_bench() as bench:
+        server = redis.Redis.from_url(bench.redis_url)
+        try:
+            results = run_all(bench, server)
+        finally:
+            server.close()
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / "tenancy.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
