@@ -372,9 +372,6 @@ def _slow_wait(connection) -> None:  # type: ignore[no-untyped-def]
             select_module.select([], [connection.fileno()], [])
 
 
-@pytest.mark.xfail(strict=True, reason="psycopg2 sends BEGIN as a message of its own; an idle-in-transaction timeout "
-                                       "left behind ends the session while it waits for the message that carries the "
-                                       "reset (known gap: docs/database.md)")
 def test_an_idle_in_transaction_timeout_left_behind_does_not_fail_the_next_borrower(tenants) -> None:
     import psycopg2.extensions
 

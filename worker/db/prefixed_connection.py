@@ -21,9 +21,19 @@ under way) and that transaction rolls back, the reset's transactional half is un
 cursors, COPY, ``executemany``, ``callproc``, large objects, a cursor class of the caller's choice and autocommit
 cannot carry a prefix: they get it as a statement of its own first.
 
+**The transaction's ``BEGIN``** travels in the same message too. psycopg2 sends ``BEGIN`` as a message of its own, a
+round trip per transaction that the query without RLS pays as well: the driver runs in autocommit here and the
+connection class opens and ends the transactions itself (``BEGIN`` with the characteristics set on the connection at
+the head of the first statement's message, ``COMMIT``/``ROLLBACK`` in ``commit()``/``rollback()``), so a one-query
+transaction is two round trips: the message, then ``COMMIT``. What callers see is psycopg2's transaction model:
+``autocommit``, ``isolation_level``, ``readonly``, ``deferrable``, ``set_session``, ``set_isolation_level``,
+``status``, ``with connection:`` and ``reset()`` behave as psycopg2 documents them. Named cursors, large objects and
+two-phase commit refuse a driver in autocommit: for the transaction that uses one, psycopg2 runs the transaction
+(its own ``BEGIN``; one that already began gets a server warning, "there is already a transaction in progress").
+
 While a connection waits in the pool, what its last borrower left (an advisory lock it forgot) is still held, until
-the connection is next used. psycopg2 sends ``BEGIN`` as a message of its own, so a session-level
-``idle_in_transaction_session_timeout`` left behind still holds until the reset arrives.
+the connection is next used. A transaction left open by a borrower (a ``BEGIN`` sent in autocommit) is rolled back
+when the connection comes back to the pool.
 """
 
 from __future__ import annotations
@@ -44,8 +54,36 @@ MESSAGE_SETTINGS = ("client_encoding", "standard_conforming_strings")
 RESET_COMMIT = "COMMIT AND CHAIN; "
 
 
-class PrefixedCursor(psycopg2.extensions.cursor):
-    """A cursor that sends its connection's pending prefix in front of the first statement it executes."""
+_DRIVER = psycopg2.extensions.connection
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+_IN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.extensions.TRANSACTION_STATUS_INERROR)
+_LEVEL_NAMES = {
+    psycopg2.extensions.ISOLATION_LEVEL_READ_UNCOMMITTED: "READ UNCOMMITTED",
+    psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED: "READ COMMITTED",
+    psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ: "REPEATABLE READ",
+    psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE: "SERIALIZABLE",
+}
+_ALL_DEFAULT = ("DEFAULT", "DEFAULT", "DEFAULT")
+
+
+def begin_statement(isolation_level: int | None, readonly: bool | None, deferrable: bool | None) -> str:
+    """The ``BEGIN`` psycopg2 would send for these characteristics (as psycopg2 reports them), with ``; ``."""
+    words = ["BEGIN"]
+    if isolation_level in _LEVEL_NAMES:
+        words.append("ISOLATION LEVEL " + _LEVEL_NAMES[isolation_level])
+    if readonly is not None:
+        words.append("READ ONLY" if readonly else "READ WRITE")
+    if deferrable is not None:
+        words.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
+    return " ".join(words) + "; "
+
+
+def _closed_error() -> psycopg2.InterfaceError:
+    return psycopg2.InterfaceError("connection already closed")
+
+
+class _PrefixedExecution:
+    """What every cursor of a PrefixedConnection does: send the connection's pending prefix with its first statement."""
 
     connection: PrefixedConnection
 
@@ -53,39 +91,61 @@ class PrefixedCursor(psycopg2.extensions.cursor):
         connection = self.connection
         prefix = connection.pending_prefix()
         if not prefix:
-            return super().execute(query, vars)
-        if self.name is None and connection.about_to_begin() and connection.message_reads_as_new():
+            return super().execute(query, vars)  # type: ignore[misc]
+        if self.name is None and connection.about_to_begin() and connection.message_reads_as_new():  # type: ignore[attr-defined]
             prefixed = _prefixed(prefix if vars is None else prefix.replace("%", "%%"), query, connection)
             if prefixed is not None:
-                result = super().execute(prefixed, vars)
+                result = super().execute(prefixed, vars)  # type: ignore[misc]
                 connection.prefix_sent(prefix)
                 return result
         connection.send_prefix()
-        return super().execute(query, vars)
+        return super().execute(query, vars)  # type: ignore[misc]
 
     def executemany(self, query: Any, vars_list: Any) -> None:
         self.connection.send_prefix()
-        return super().executemany(query, vars_list)
+        return super().executemany(query, vars_list)  # type: ignore[misc]
 
     def callproc(self, procname: Any, parameters: Any = None) -> Any:
         self.connection.send_prefix()
-        return super().callproc(procname, parameters)
+        return super().callproc(procname, parameters)  # type: ignore[misc]
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
         self.connection.send_prefix()
-        return super().copy_expert(sql, file, size)
+        return super().copy_expert(sql, file, size)  # type: ignore[misc]
 
     def copy_from(self, *args: Any, **kwargs: Any) -> None:
         self.connection.send_prefix()
-        return super().copy_from(*args, **kwargs)
+        return super().copy_from(*args, **kwargs)  # type: ignore[misc]
 
     def copy_to(self, *args: Any, **kwargs: Any) -> None:
         self.connection.send_prefix()
-        return super().copy_to(*args, **kwargs)
+        return super().copy_to(*args, **kwargs)  # type: ignore[misc]
+
+
+class PrefixedCursor(_PrefixedExecution, psycopg2.extensions.cursor):
+    """A cursor that sends its connection's pending prefix in front of the first statement it executes."""
+
+
+_CURSOR_CLASSES: dict[type, type] = {psycopg2.extensions.cursor: PrefixedCursor}
+
+
+def prefixed_cursor_class(cursor_class: type) -> type:
+    """``cursor_class`` (a caller's, say psycopg2.extras.RealDictCursor) with the prefix and the ``BEGIN`` added.
+
+    Without them a caller's cursor would run its statements outside any transaction (the driver is in autocommit).
+    """
+    prefixed = _CURSOR_CLASSES.get(cursor_class)
+    if prefixed is None:
+        if issubclass(cursor_class, _PrefixedExecution):
+            prefixed = cursor_class
+        else:
+            prefixed = type(f"Prefixed{cursor_class.__name__}", (_PrefixedExecution, cursor_class), {})
+        _CURSOR_CLASSES[cursor_class] = prefixed
+    return prefixed
 
 
 class PrefixedConnection(psycopg2.extensions.connection):
-    """A psycopg2 connection that owes its next statement a session reset and/or a tenant entry."""
+    """A psycopg2 connection that owes its next statement a ``BEGIN``, a session reset and/or a tenant entry."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,16 +155,208 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self._message_settings = self._current_message_settings()
         self._pinned_session: tuple[Any, ...] | None = None
         self._pinned_encoding: str | None = None
+        # The transaction model callers see; the driver itself stays in autocommit with default characteristics
+        # (so that switching it out of autocommit for a named cursor costs no round trip).
+        self._autocommit = False
+        self._characteristics: tuple[Any, Any, Any] = (None, None, None)
+        self._begin = begin_statement(None, None, None)
+        self._entered = False  # inside ``with connection:``, which opens a transaction even in autocommit
+        self._driver_runs_transaction = False
+        _DRIVER.autocommit.__set__(self, True)
+
+    # -- psycopg2's transaction model, kept without the driver's BEGIN -----------------------------------------
+
+    @property  # type: ignore[override]
+    def autocommit(self) -> bool:
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: Any) -> None:
+        self._refuse_in_transaction("autocommit")
+        self._autocommit = bool(value)
+
+    @property  # type: ignore[override]
+    def isolation_level(self) -> int | None:
+        return self._characteristics[0]
+
+    @isolation_level.setter
+    def isolation_level(self, value: Any) -> None:
+        self._refuse_in_transaction("isolation_level")
+        self._set_characteristics("DEFAULT" if value is None else value, None, None)
+
+    @property  # type: ignore[override]
+    def readonly(self) -> bool | None:
+        return self._characteristics[1]
+
+    @readonly.setter
+    def readonly(self, value: Any) -> None:
+        self._refuse_in_transaction("readonly")
+        self._set_characteristics(None, "DEFAULT" if value is None else value, None)
+
+    @property  # type: ignore[override]
+    def deferrable(self) -> bool | None:
+        return self._characteristics[2]
+
+    @deferrable.setter
+    def deferrable(self, value: Any) -> None:
+        self._refuse_in_transaction("deferrable")
+        self._set_characteristics(None, None, "DEFAULT" if value is None else value)
+
+    @property  # type: ignore[override]
+    def status(self) -> int:
+        status = _DRIVER.status.__get__(self)
+        if status == psycopg2.extensions.STATUS_READY and self._in_own_transaction():
+            return psycopg2.extensions.STATUS_BEGIN
+        return status
+
+    def set_session(self, isolation_level: Any = None, readonly: Any = None, deferrable: Any = None,
+                    autocommit: Any = None) -> None:
+        self._refuse_in_transaction("set_session")
+        if (isolation_level, readonly, deferrable) != (None, None, None):
+            self._set_characteristics(isolation_level, readonly, deferrable)
+        if autocommit is not None:
+            self._autocommit = bool(autocommit)
+
+    def set_isolation_level(self, level: Any) -> None:
+        if self.closed:
+            raise _closed_error()
+        if isinstance(level, int) and not 0 <= level <= 4:
+            raise ValueError("isolation level must be between 0 and 4")
+        self.rollback()
+        if level == 0:  # ISOLATION_LEVEL_AUTOCOMMIT
+            self._autocommit = True
+            return
+        self._autocommit = False
+        # psycopg2 reads anything but None or a number as READ COMMITTED.
+        self._set_characteristics("DEFAULT" if level is None else level if isinstance(level, int) else 1, None, None)
+
+    def commit(self) -> None:
+        if self._driver_runs_transaction or self.closed:
+            super().commit()
+            self._take_transactions_back()
+        elif self._in_own_transaction():
+            self._send("COMMIT")
+        self._reset_in_transaction = False
+        self.tenant_entry = None  # it belonged to the transaction that ended
+
+    def rollback(self) -> None:
+        if self._driver_runs_transaction or self.closed:
+            super().rollback()
+            self._take_transactions_back()
+        elif self._in_own_transaction():
+            self._send("ROLLBACK")
+        self.tenant_entry = None
+        if self._reset_in_transaction:
+            # The reset's transactional half (RESET ALL, DISCARD TEMP, ...) was undone with the transaction.
+            self._reset_in_transaction = False
+            self.reset_due = True
+
+    def __enter__(self) -> PrefixedConnection:
+        if self.closed:
+            raise _closed_error()
+        if self._entered:
+            raise psycopg2.ProgrammingError("the connection cannot be re-entered recursively")
+        self._entered = True
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.rollback()
+        finally:
+            self._entered = False
+
+    def reset(self) -> None:
+        super().reset()  # the driver's own reset: out of autocommit, default characteristics
+        self._autocommit, self._entered, self._driver_runs_transaction = False, False, False
+        self._characteristics = (None, None, None)
+        self._begin = begin_statement(None, None, None)
+        _DRIVER.autocommit.__set__(self, True)
+
+    def tpc_begin(self, xid: Any) -> None:
+        if self._autocommit:
+            raise psycopg2.ProgrammingError("tpc_begin can't be called in autocommit mode")
+        self._refuse_in_transaction("tpc_begin")
+        self._let_driver_run_transaction()
+        super().tpc_begin(xid)
+
+    def tpc_commit(self, *args: Any) -> None:
+        super().tpc_commit(*args)
+        self._take_transactions_back()
+
+    def tpc_rollback(self, *args: Any) -> None:
+        super().tpc_rollback(*args)
+        self._take_transactions_back()
+
+    def _effective_autocommit(self) -> bool:
+        return self._autocommit and not self._entered
+
+    def _in_own_transaction(self) -> bool:
+        """A transaction this class began (or a task's SQL did) is open on the server; False when the driver runs it."""
+        return (not self._driver_runs_transaction and not self.closed and not self._effective_autocommit()
+                and self.get_transaction_status() in _IN_TRANSACTION)
+
+    def _refuse_in_transaction(self, what: str) -> None:
+        if self.closed:
+            raise _closed_error()
+        if self.status != psycopg2.extensions.STATUS_READY:
+            raise psycopg2.ProgrammingError(f"{what} cannot be used inside a transaction")
+
+    def _set_characteristics(self, isolation_level: Any, readonly: Any, deferrable: Any) -> None:
+        """Read the values as psycopg2 does (names, numbers, booleans, ``DEFAULT``; None leaves one unchanged).
+
+        Out of autocommit and with its own characteristics at their defaults, the driver only records them: no round
+        trip. It is put back as it was whether or not psycopg2 accepted the values.
+        """
+        self._take_transactions_back()
+        current = tuple("DEFAULT" if value is None else value for value in self._characteristics)
+        _DRIVER.autocommit.__set__(self, False)
+        try:
+            _DRIVER.set_session(self, *current)
+            _DRIVER.set_session(self, isolation_level, readonly, deferrable)
+            self._characteristics = (_DRIVER.isolation_level.__get__(self), _DRIVER.readonly.__get__(self),
+                                     _DRIVER.deferrable.__get__(self))
+            self._begin = begin_statement(*self._characteristics)
+        finally:
+            _DRIVER.set_session(self, *_ALL_DEFAULT)
+            _DRIVER.autocommit.__set__(self, True)
+
+    def _let_driver_run_transaction(self) -> None:
+        """Named cursors, large objects and two-phase commit refuse a driver in autocommit: psycopg2 runs this one."""
+        if self._driver_runs_transaction or self._effective_autocommit() or self.closed:
+            return
+        _DRIVER.autocommit.__set__(self, False)  # its characteristics are the defaults: no round trip
+        _DRIVER.set_session(self, *("DEFAULT" if value is None else value for value in self._characteristics))
+        self._driver_runs_transaction = True
+
+    def _take_transactions_back(self) -> None:
+        if (not self._driver_runs_transaction or self.closed
+                or _DRIVER.status.__get__(self) != psycopg2.extensions.STATUS_READY):
+            return
+        _DRIVER.set_session(self, *_ALL_DEFAULT)
+        _DRIVER.autocommit.__set__(self, True)
+        self._driver_runs_transaction = False
+
+    def _send(self, statement: str) -> None:
+        cursor = _DRIVER.cursor(self, cursor_factory=psycopg2.extensions.cursor)
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    # -- the session reset and the tenant entry ------------------------------------------------------------------
 
     def _driver_session(self) -> tuple[Any, ...]:
         return self.autocommit, self.isolation_level, self.readonly, self.deferrable
 
     def pin_session(self) -> None:
-        """Remember the driver's transaction settings now, so that every borrower starts with them.
+        """Remember the transaction settings now, so that every borrower starts with them.
 
-        psycopg2 keeps them (and its copy of the client encoding) on the connection object, not in the PostgreSQL
-        session, so the reset cannot clear them: a task that set ``autocommit`` (every later tenant refused) or
-        ``set_session(readonly=True)`` would hand them to every later borrower of this connection.
+        They live on the connection object, not in the PostgreSQL session, so the reset cannot clear them: a task
+        that set ``autocommit`` (every later tenant refused) or ``set_session(readonly=True)`` would hand them to
+        every later borrower of this connection.
         """
         self._pinned_session = self._driver_session()
         self._pinned_encoding = self.encoding
@@ -127,17 +379,25 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self.reset_due = True
         self.tenant_entry = None
         pinned = self._pinned_session
-        if self.closed or pinned is None:
+        if self.closed:
             return
         try:
-            if self._driver_session() != pinned:
-                # Client-side only while no transaction is open (the pool has rolled back): no round trip.
+            self._entered = False
+            if self._driver_runs_transaction or self.get_transaction_status() != _IDLE:
+                # Left open by the borrower (a BEGIN of its own in autocommit, a driver-run transaction): the pool's
+                # rollback does not end those. Rare: one round trip.
+                if self._driver_runs_transaction:
+                    super().rollback()
+                    self._take_transactions_back()
+                if self.get_transaction_status() != _IDLE:
+                    self._send("ROLLBACK")
+            if pinned is not None and self._driver_session() != pinned:
                 autocommit, isolation, readonly, deferrable = pinned
-                self.autocommit = autocommit
-                self.set_session(isolation_level="DEFAULT" if isolation is None else isolation,
-                                 readonly="DEFAULT" if readonly is None else readonly,
-                                 deferrable="DEFAULT" if deferrable is None else deferrable)
-            if self.encoding != self._pinned_encoding:
+                self._autocommit = autocommit
+                self._set_characteristics("DEFAULT" if isolation is None else isolation,
+                                          "DEFAULT" if readonly is None else readonly,
+                                          "DEFAULT" if deferrable is None else deferrable)
+            if pinned is not None and self.encoding != self._pinned_encoding:
                 # psycopg2 encodes queries with its own copy of the encoding, which the reset's RESET ALL cannot
                 # reach; a task's set_client_encoding would mangle or refuse the next borrower's text. Rare: one
                 # round trip.
@@ -150,11 +410,12 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self.tenant_entry = statement
 
     def pending_prefix(self) -> str:
-        prefix = ""
+        begins = self.about_to_begin()
+        prefix = self._begin if begins and not self._driver_runs_transaction else ""
         if self.reset_due:
-            prefix = RESET_SQL
-            # Only in a transaction psycopg2 is about to begin: committing there commits nothing of the borrower's.
-            if self.about_to_begin():
+            prefix += RESET_SQL
+            # Only in a transaction about to begin: committing there commits nothing of the borrower's.
+            if begins:
                 prefix += RESET_COMMIT
         if self.tenant_entry:
             prefix += f"{self.tenant_entry}; "
@@ -162,50 +423,49 @@ class PrefixedConnection(psycopg2.extensions.connection):
         return prefix + "\n" if prefix else ""
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs.get("name") or kwargs.get("cursor_factory") is not None:
-            # A named cursor or a cursor class of the caller's cannot carry the prefix: send it first.
+        name = args[0] if args else kwargs.get("name")
+        factory = (args[1] if len(args) > 1 else kwargs.pop("cursor_factory", None)) or self.cursor_factory
+        factory = factory or psycopg2.extensions.cursor
+        if name is not None or not isinstance(factory, type):
+            # A named cursor cannot carry the prefix, and psycopg2 refuses one outside a transaction it began; a
+            # factory that is not a cursor class cannot be given the prefix either. psycopg2 runs this transaction.
+            self._let_driver_run_transaction()
             self.send_prefix()
-        kwargs.setdefault("cursor_factory", PrefixedCursor)
+        else:
+            factory = prefixed_cursor_class(factory)
+        if len(args) > 1:
+            args = (args[0], factory, *args[2:])
+        else:
+            kwargs["cursor_factory"] = factory
         return super().cursor(*args, **kwargs)
 
     def lobject(self, *args: Any, **kwargs: Any) -> Any:
+        self._let_driver_run_transaction()
         self.send_prefix()
         return super().lobject(*args, **kwargs)
 
     def send_prefix(self) -> None:
-        """Send what is pending as a statement of its own (one round trip), if anything is."""
+        """Send what is pending (``BEGIN`` included) as a statement of its own (one round trip), if anything is."""
         prefix = self.pending_prefix()
         if not prefix:
             return
-        cursor = super().cursor(cursor_factory=psycopg2.extensions.cursor)
-        try:
-            cursor.execute(prefix)
-        finally:
-            cursor.close()
+        self._send(prefix)
         self.prefix_sent(prefix)
 
     def about_to_begin(self) -> bool:
-        """Whether psycopg2 sends ``BEGIN`` before the next statement (no transaction open, not autocommit)."""
-        return not self.autocommit and self.status == psycopg2.extensions.STATUS_READY
+        """Whether the next statement opens a transaction (none open, not autocommit)."""
+        if self.closed or self._effective_autocommit():
+            return False
+        if self._driver_runs_transaction and _DRIVER.status.__get__(self) != psycopg2.extensions.STATUS_READY:
+            return False
+        # With the driver running it, a transaction this class began already goes on under psycopg2's BEGIN.
+        return self.get_transaction_status() == _IDLE
 
     def prefix_sent(self, prefix: str) -> None:
         if self.reset_due:
             self.reset_due = False
-            self._reset_in_transaction = not self.autocommit and RESET_COMMIT not in prefix
+            self._reset_in_transaction = not self._effective_autocommit() and RESET_COMMIT not in prefix
         self.tenant_entry = None
-
-    def commit(self) -> None:
-        super().commit()
-        self._reset_in_transaction = False
-        self.tenant_entry = None  # it belonged to the transaction that ended
-
-    def rollback(self) -> None:
-        super().rollback()
-        self.tenant_entry = None
-        if self._reset_in_transaction:
-            # The reset's transactional half (RESET ALL, DISCARD TEMP, ...) was undone with the transaction.
-            self._reset_in_transaction = False
-            self.reset_due = True
 
 
 def _prefixed(prefix: str, query: Any, connection: PrefixedConnection) -> str | bytes | None:
