@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, delete, func, insert, literal, select, text, update
+from sqlalchemy import create_engine, delete, event, exists, func, insert, literal, select, text, update
 from sqlalchemy.orm import aliased, selectinload
 from sqlalchemy.pool import NullPool
 
@@ -103,6 +103,36 @@ def test_tables_named_only_in_where_or_subqueries_are_filtered(without_rls) -> N
         union = select(TestSet.id).union_all(select(Test.id))
         assert len(db.execute(union).all()) == 1 + 2
         assert len(db.scalars(select(TestSet).from_statement(text("select * from test_set"))).all()) == 6
+
+
+def test_a_table_whose_subquery_carries_the_criteria_is_filtered_itself(without_rls) -> None:
+    """The criteria in a subquery on the same table do not count for the table of the outer FROM list."""
+    _db, engine, orgs, _ids = without_rls
+    table = TestSet.__table__
+    for _round in range(2):  # the second round takes the shape's answer from the cache
+        for org, expected in zip(orgs, (2, 1, 3), strict=True):
+            with tenant_session(org, engine=engine) as db:
+                statement = select(func.count()).select_from(table).where(exists(select(TestSet.id)))
+                assert db.scalar(statement) == expected
+                assert db.scalar(select(func.count()).select_from(table)) == expected
+
+
+def test_an_entity_the_loader_criteria_filter_gets_no_second_predicate(without_rls) -> None:
+    """Each tenant predicate costs CPU per statement (building, caching, binding): one per FROM entry is enough."""
+    _db, engine, orgs, _ids = without_rls
+    sent: list[str] = []
+    listen = (engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    event.listen(*listen)
+    try:
+        for _round in range(2):
+            with tenant_session(orgs[2], engine=engine) as db:
+                assert db.scalar(select(func.count()).select_from(TestSet)) == 3
+                assert len(db.scalars(select(TestSet)).all()) == 3
+    finally:
+        event.remove(*listen)
+    selects = [statement for statement in sent if "FROM test_set" in statement]
+    assert len(selects) == 4, sent
+    assert all(statement.count("test_set.organization_id =") == 1 for statement in selects), selects
 
 
 def test_orm_insert_and_update_statements_cannot_write_another_organization(without_rls) -> None:
