@@ -135,6 +135,21 @@ def test_an_entity_the_loader_criteria_filter_gets_no_second_predicate(without_r
     assert all(statement.count("test_set.organization_id =") == 1 for statement in selects), selects
 
 
+def test_one_statement_object_run_by_alternating_tenants_sees_each_tenants_rows(without_rls) -> None:
+    """A statement object run again reuses its filtered form (worker/db/criteria.py ``_FILTERED``): it must not
+    keep the organization of the tenant that ran it first."""
+    _db, engine, orgs, _ids = without_rls
+    count_sets = select(func.count()).select_from(TestSet)
+    count_where_only = select(func.count()).where(Test.prompt == "p0")  # filtered by a predicate of its own
+    every_set = select(TestSet)
+    for _round in range(3):
+        for org, sets, where_only in zip(orgs, (2, 1, 3), (2, 1, 3), strict=True):
+            with tenant_session(org, engine=engine) as db:
+                assert db.scalar(count_sets) == sets
+                assert db.scalar(count_where_only) == where_only
+                assert {str(s.organization_id) for s in db.scalars(every_set)} == {org}
+
+
 def test_orm_insert_and_update_statements_cannot_write_another_organization(without_rls) -> None:
     _db, engine, orgs, _ids = without_rls
     with tenant_session(orgs[0], engine=engine) as db:
