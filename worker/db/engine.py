@@ -117,8 +117,8 @@ def _check_new_connection(dbapi_connection: Any, _record: Any) -> None:
     A task can change the session's transaction defaults (``SET default_transaction_read_only = on``). The session
     reset runs inside the next borrower's transaction, after ``BEGIN`` has already taken those defaults, so the
     next borrower's transaction would be read-only, and rolling it back would bring the setting back for the one
-    after. Pinning the connection's own defaults, read before any task's SQL ran, makes psycopg2 name them in
-    every ``BEGIN``. An isolation level the engine or SQLAlchemy set is left as it is.
+    after. Pinning the connection's own defaults, read before any task's SQL ran, names them in every ``BEGIN``
+    (which worker/db/prefixed_connection.py sends). An isolation level the engine or SQLAlchemy set is left as it is.
     """
     cursor = dbapi_connection.cursor()
     try:

@@ -10,16 +10,16 @@ Two things must happen before a borrower's first statement, and each used to cos
 - **The tenant's entry** (``tenant_guard.enter``, worker/db/session.py): the sealed tenant setting of each
   transaction, which the policies check.
 
-Both are sent in front of the next statement, in the same query message, inside its transaction (psycopg2 has sent
-``BEGIN`` by then): reset first, then the entry, then the statement, so no statement of the borrower ever runs
+Both are sent in front of the next statement, in the same query message, inside its transaction (after the ``BEGIN``
+that opens it, below): reset first, then the entry, then the statement, so no statement of the borrower ever runs
 before either. The reset ends with ``COMMIT AND CHAIN``: the borrower's SQL may say ``ROLLBACK`` (even in the same
 message), and a rolled-back reset would hand it the previous borrower's settings (and forward them to the next
-borrower); committed, it cannot be undone, and the chained transaction keeps the characteristics psycopg2's
-``BEGIN`` named. A message fails as a whole, so when the statement fails both stay pending (the reset, if it was
-already committed, is merely sent once more). Where the reset cannot commit on its own (a transaction already
-under way) and that transaction rolls back, the reset's transactional half is undone with it and is due again. Named
-cursors, COPY, ``executemany``, ``callproc``, large objects, a cursor class of the caller's choice and autocommit
-cannot carry a prefix: they get it as a statement of its own first.
+borrower); committed, it cannot be undone, and the chained transaction keeps the characteristics its ``BEGIN``
+named. A message fails as a whole, so when the statement fails both stay pending (the reset, if it was already
+committed, is merely sent once more). Where the reset cannot commit on its own (a transaction already under way) and
+that transaction rolls back, the reset's transactional half is undone with it and is due again. Named cursors, COPY,
+``executemany``, ``callproc``, large objects and autocommit cannot carry a prefix: they get it as a statement of its
+own first. A caller's cursor class gets a generated subclass that carries it.
 
 **The transaction's ``BEGIN``** travels in the same message too. psycopg2 sends ``BEGIN`` as a message of its own, a
 round trip per transaction that the query without RLS pays as well: the driver runs in autocommit here and the
