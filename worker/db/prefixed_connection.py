@@ -269,6 +269,9 @@ class PrefixedConnection(psycopg2.extensions.connection):
             self._entered = False
 
     def reset(self) -> None:
+        if not self.closed and not self._driver_runs_transaction and self.get_transaction_status() != _IDLE:
+            # psycopg2 aborts only a transaction it began; its DISCARD ALL would fail inside this one.
+            self._send("ROLLBACK")
         super().reset()  # the driver's own reset: out of autocommit, default characteristics
         self._autocommit, self._entered, self._driver_runs_transaction = False, False, False
         self._characteristics = (None, None, None)
