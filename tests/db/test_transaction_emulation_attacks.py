@@ -109,6 +109,25 @@ def test_reset_rolls_back_the_open_transaction_as_psycopg2_does(tenants, first: 
     assert _probe_rows(db) == []
 
 
+def _reset_inside_with(connection):  # type: ignore[no-untyped-def]
+    connection.autocommit = True
+    cursor = connection.cursor()
+    with pytest.raises(ZeroDivisionError), connection:
+        cursor.execute("insert into probe values (1)")
+        connection.reset()
+        cursor.execute("insert into probe values (2)")  # still inside the with block: in its transaction
+        raise ZeroDivisionError
+    cursor.execute("select coalesce(array_agg(x), '{}') from probe")
+    return cursor.fetchone()[0], connection.autocommit
+
+
+def test_reset_inside_a_with_block_keeps_the_block_as_psycopg2_does(tenants) -> None:
+    db, _org_a, _org_b = tenants
+    reference, emulated = _both(db, _reset_inside_with)
+    assert reference == ([], False)
+    assert emulated == reference
+
+
 def test_reset_by_a_task_in_a_tenant_session_keeps_nothing_of_its_transaction(tenants) -> None:
     db, org_a, _org_b = tenants
     engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
@@ -262,6 +281,36 @@ def test_a_deferred_failure_at_commit_leaves_nothing_and_a_clean_connection(tena
     with tenant_session(org_a, engine=engine) as a:
         assert a.scalar(select(func.count()).select_from(TestSet)) == 2
     assert _probe_rows(db) == []
+
+
+def _driver_refused_in_an_aborted_transaction(use: str) -> Callable[[psycopg2.extensions.connection], object]:
+    def scenario(connection):  # type: ignore[no-untyped-def]
+        cursor = connection.cursor()
+        cursor.execute("insert into probe values (1)")
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            cursor.execute("select 1/0")
+        with pytest.raises(psycopg2.Error):  # the transaction is aborted: psycopg2's BEGIN, or the DECLARE, fails
+            if use == "named cursor":
+                connection.cursor("server_side").execute("select 1")
+            else:
+                connection.lobject(0, "wb")
+        aborted = connection.status
+        connection.rollback()  # ends the aborted transaction
+        seen = (aborted, connection.status, connection.get_transaction_status())
+        cursor.execute("insert into probe values (2)")
+        connection.commit()
+        cursor.execute("select array_agg(x) from probe")
+        return seen, cursor.fetchone()[0]
+
+    return scenario
+
+
+@pytest.mark.parametrize("use", ["named cursor", "large object"])
+def test_rollback_ends_an_aborted_transaction_that_psycopg2_failed_to_take_over(tenants, use: str) -> None:
+    db, _org_a, _org_b = tenants
+    reference, emulated = _both(db, _driver_refused_in_an_aborted_transaction(use))
+    assert reference == ((psycopg2.extensions.STATUS_BEGIN, psycopg2.extensions.STATUS_READY, IDLE), [2])
+    assert emulated == reference
 
 
 # -- SQLAlchemy's isolation level and read-only options ---------------------------------------------------------------

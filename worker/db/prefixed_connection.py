@@ -231,7 +231,10 @@ class PrefixedConnection(psycopg2.extensions.connection):
     @property  # type: ignore[override]
     def status(self) -> int:
         status = _DRIVER.status.__get__(self)
-        if status == psycopg2.extensions.STATUS_READY and self._in_own_transaction():
+        # _in_own_transaction() would miss a transaction of this class that psycopg2 failed to take over (its BEGIN
+        # refused in an aborted transaction).
+        if (status == psycopg2.extensions.STATUS_READY and not self.closed and not self._effective_autocommit()
+                and self.get_transaction_status() in _IN_TRANSACTION):
             return psycopg2.extensions.STATUS_BEGIN
         return status
 
@@ -265,7 +268,8 @@ class PrefixedConnection(psycopg2.extensions.connection):
                 super().commit()
             finally:  # a failed COMMIT (a deferred constraint) ends the transaction too
                 self._take_transactions_back()
-        elif self._in_own_transaction():
+        # Also after the driver's: its BEGIN may have failed (an aborted transaction), leaving this class's own open.
+        if self._in_own_transaction():
             self._send("COMMIT")
         self._reset_in_transaction = False
         self.tenant_entry = None  # it belonged to the transaction that ended
@@ -276,7 +280,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
                 super().rollback()
             finally:
                 self._take_transactions_back()
-        elif self._in_own_transaction():
+        if self._in_own_transaction():
             self._send("ROLLBACK")
         self.tenant_entry = None
         if self._reset_in_transaction:
