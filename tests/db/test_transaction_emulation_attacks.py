@@ -520,3 +520,18 @@ def test_a_new_borrower_never_inherits_a_driver_run_transaction(tenants) -> None
         assert b.scalar(text("select count(*) from pg_cursors")) == 0
         assert b.scalar(text("select count(*) from test_set")) == 1
 
+
+
+def test_a_cursor_class_a_task_set_on_the_connection_does_not_reach_the_next_borrower(tenants) -> None:
+    """psycopg2 keeps ``cursor_factory`` on the connection object; SQLAlchemy's cursors come from it."""
+    import psycopg2.extras
+
+    db, org_a, org_b = tenants
+    engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
+    with tenant_session(org_a, engine=engine) as a:
+        pid = a.scalar(PID)
+        a.connection().connection.dbapi_connection.cursor_factory = psycopg2.extras.RealDictCursor
+    with tenant_session(org_b, engine=engine) as b:
+        assert b.scalar(PID) == pid
+        assert tuple(b.execute(text("select tenant_guard.current_organization()::text, 1")).one()) == (org_b, 1)
+        assert b.scalar(select(func.count()).select_from(TestSet)) == 1

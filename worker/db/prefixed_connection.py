@@ -175,6 +175,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self._message_settings = self._current_message_settings()
         self._pinned_session: tuple[Any, ...] | None = None
         self._pinned_encoding: str | None = None
+        self._pinned_cursor_factory: Any = None
         # The transaction model callers see; the driver itself stays in autocommit with default characteristics
         # (so that switching it out of autocommit for a named cursor costs no round trip).
         self._autocommit = False
@@ -418,6 +419,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
         """
         self._pinned_session = self._driver_session()
         self._pinned_encoding = self.encoding
+        self._pinned_cursor_factory = self.cursor_factory  # a task's RealDictCursor would garble SQLAlchemy's rows
 
     def _current_message_settings(self) -> tuple[str | None, ...]:
         # Reported by the server whenever they change (ParameterStatus), so reading them costs no round trip.
@@ -456,6 +458,8 @@ class PrefixedConnection(psycopg2.extensions.connection):
                                           "DEFAULT" if readonly is None else readonly,
                                           "DEFAULT" if deferrable is None else deferrable)
             self._sync_session_defaults()  # what an autocommit borrower set them to: no BEGIN may take them
+            if pinned is not None:
+                self.cursor_factory = self._pinned_cursor_factory
             if pinned is not None and self.encoding != self._pinned_encoding:
                 # psycopg2 encodes queries with its own copy of the encoding, which the reset's RESET ALL cannot
                 # reach; a task's set_client_encoding would mangle or refuse the next borrower's text. Rare: one
