@@ -313,6 +313,29 @@ def test_rollback_ends_an_aborted_transaction_that_psycopg2_failed_to_take_over(
     assert emulated == reference
 
 
+def _end_before_the_named_cursor_runs(end: str) -> Callable[[psycopg2.extensions.connection], object]:
+    def scenario(connection):  # type: ignore[no-untyped-def]
+        cursor = connection.cursor()
+        cursor.execute("insert into probe values (1)")
+        connection.cursor("not_yet_executed")  # psycopg2 takes the transaction over, but has sent nothing yet
+        getattr(connection, end)()
+        seen = (connection.status, connection.get_transaction_status())
+        cursor.execute("insert into probe values (2)")
+        connection.rollback()
+        cursor.execute("select coalesce(array_agg(x), '{}') from probe")
+        return seen, cursor.fetchone()[0]
+
+    return scenario
+
+
+@pytest.mark.parametrize("end, rows", [("commit", [1]), ("rollback", [])])
+def test_commit_and_rollback_after_creating_a_named_cursor_end_the_transaction(tenants, end: str, rows) -> None:  # type: ignore[no-untyped-def]
+    db, _org_a, _org_b = tenants
+    reference, emulated = _both(db, _end_before_the_named_cursor_runs(end))
+    assert reference == ((psycopg2.extensions.STATUS_READY, IDLE), rows)
+    assert emulated == reference
+
+
 # -- SQLAlchemy's isolation level and read-only options ---------------------------------------------------------------
 
 @pytest.mark.parametrize("options, expected", [
