@@ -336,6 +336,24 @@ def test_commit_and_rollback_after_creating_a_named_cursor_end_the_transaction(t
     assert emulated == reference
 
 
+def _autocommit_after_creating_a_named_cursor(connection):  # type: ignore[no-untyped-def]
+    connection.cursor("never_executed")  # no transaction yet: psycopg2 lets autocommit be switched on
+    connection.autocommit = True
+    cursor = connection.cursor()
+    cursor.execute("insert into probe values (1)")
+    seen = (connection.status, connection.get_transaction_status())
+    connection.rollback()
+    cursor.execute("select coalesce(array_agg(x), '{}') from probe")
+    return seen, cursor.fetchone()[0]
+
+
+def test_autocommit_switched_on_after_creating_a_named_cursor_holds(tenants) -> None:
+    db, _org_a, _org_b = tenants
+    reference, emulated = _both(db, _autocommit_after_creating_a_named_cursor)
+    assert reference == ((psycopg2.extensions.STATUS_READY, IDLE), [1])
+    assert emulated == reference
+
+
 # -- SQLAlchemy's isolation level and read-only options ---------------------------------------------------------------
 
 @pytest.mark.parametrize("options, expected", [

@@ -345,6 +345,9 @@ class PrefixedConnection(psycopg2.extensions.connection):
             raise _closed_error()
         if self.status != psycopg2.extensions.STATUS_READY:
             raise psycopg2.ProgrammingError(f"{what} cannot be used inside a transaction")
+        # No transaction: a driver handed one that never began (a named cursor created, not run) gives it back, or it
+        # would begin the next one whatever the mode now set.
+        self._take_transactions_back()
 
     def _set_characteristics(self, isolation_level: Any, readonly: Any, deferrable: Any) -> None:
         """Read the values as psycopg2 does (names, numbers, booleans, ``DEFAULT``; None leaves one unchanged).
