@@ -283,7 +283,8 @@ def test_a_deferred_failure_at_commit_leaves_nothing_and_a_clean_connection(tena
     assert _probe_rows(db) == []
 
 
-def _driver_refused_in_an_aborted_transaction(use: str) -> Callable[[psycopg2.extensions.connection], object]:
+def _driver_refused_in_an_aborted_transaction(use: str, end: str) -> Callable[[psycopg2.extensions.connection],
+                                                                               object]:
     def scenario(connection):  # type: ignore[no-untyped-def]
         cursor = connection.cursor()
         cursor.execute("insert into probe values (1)")
@@ -295,7 +296,7 @@ def _driver_refused_in_an_aborted_transaction(use: str) -> Callable[[psycopg2.ex
             else:
                 connection.lobject(0, "wb")
         aborted = connection.status
-        connection.rollback()  # ends the aborted transaction
+        getattr(connection, end)()  # ends the aborted transaction
         seen = (aborted, connection.status, connection.get_transaction_status())
         cursor.execute("insert into probe values (2)")
         connection.commit()
@@ -305,10 +306,11 @@ def _driver_refused_in_an_aborted_transaction(use: str) -> Callable[[psycopg2.ex
     return scenario
 
 
+@pytest.mark.parametrize("end", ["rollback", "reset"])
 @pytest.mark.parametrize("use", ["named cursor", "large object"])
-def test_rollback_ends_an_aborted_transaction_that_psycopg2_failed_to_take_over(tenants, use: str) -> None:
+def test_rollback_ends_an_aborted_transaction_that_psycopg2_failed_to_take_over(tenants, use: str, end: str) -> None:
     db, _org_a, _org_b = tenants
-    reference, emulated = _both(db, _driver_refused_in_an_aborted_transaction(use))
+    reference, emulated = _both(db, _driver_refused_in_an_aborted_transaction(use, end))
     assert reference == ((psycopg2.extensions.STATUS_BEGIN, psycopg2.extensions.STATUS_READY, IDLE), [2])
     assert emulated == reference
 

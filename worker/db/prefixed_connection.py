@@ -307,6 +307,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
             self._entered = False
 
     def reset(self) -> None:
+        self._take_transactions_back()  # handed to psycopg2, whose BEGIN failed: this class's transaction is open
         if self._in_own_transaction():
             # psycopg2 aborts the transactions it began before its DISCARD ALL, which refuses a transaction block.
             self._send("ROLLBACK")
