@@ -312,7 +312,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
             # psycopg2 aborts the transactions it began before its DISCARD ALL, which refuses a transaction block.
             self._send("ROLLBACK")
         super().reset()  # the driver's own reset: out of autocommit, default characteristics
-        self._autocommit, self._entered, self._driver_runs_transaction = False, False, False
+        self._autocommit, self._driver_runs_transaction = False, False  # a ``with`` block goes on, as in psycopg2
         self._session_defaults = (None, None, None)  # DISCARD ALL
         self._characteristics = (None, None, None)
         self._begin = begin_statement(None, None, None)
