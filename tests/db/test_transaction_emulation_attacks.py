@@ -230,10 +230,15 @@ def test_raw_autocommit_characteristics_hold_for_every_borrower_that_asks(tenant
     """Each borrower's reset (RESET ALL) clears the session's defaults: what the class believes set must follow."""
     db, org_a, _org_b = tenants
     engine = get_engine(db.runtime_url, pool_size=1, max_overflow=0)
-    for _borrower in range(3):
+    for borrower in range(4):
         with engine.connect() as conn:
             raw = conn.connection.dbapi_connection
-            raw.set_session(readonly=True, autocommit=True)  # and back to the pool without undoing it
+            if borrower == 3:  # switched inside a with block, whose transaction carries the reset otherwise
+                with raw:
+                    raw.set_session(readonly=True, autocommit=True)
+                    raw.cursor().execute("select 1")
+            else:
+                raw.set_session(readonly=True, autocommit=True)  # and back to the pool without undoing it
             cursor = raw.cursor()
             cursor.execute("select current_setting('transaction_read_only')")
             assert cursor.fetchone()[0] == "on"
@@ -448,6 +453,8 @@ def test_a_savepoint_rollback_undoes_only_its_part(tenants) -> None:
         with pytest.raises(ZeroDivisionError), a.begin_nested():
             a.add(TestSet(name="undone"))
             a.flush()
+            streamed = a.scalars(select(TestSet.name).execution_options(stream_results=True, yield_per=1)).all()
+            assert sorted(streamed) == ["kept", "set 0", "set 1", "undone"]  # psycopg2 takes over in a savepoint
             raise ZeroDivisionError
         for _row in a.execute(select(TestSet.name).execution_options(stream_results=True, yield_per=1)):
             pass

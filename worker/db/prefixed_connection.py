@@ -377,7 +377,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
         if self.closed or wanted == self._session_defaults:
             return
         # A reset still due (RESET ALL) would undo the SETs: it goes first. The tenant's entry stays pending.
-        reset = RESET_SQL if self.reset_due and self._effective_autocommit() else ""
+        reset = RESET_SQL if self.reset_due and self._autocommit else ""
         self._send(reset + session_defaults_statement(wanted, self._session_defaults))
         self._session_defaults = wanted
         if reset:
