@@ -27,7 +27,9 @@ connection class opens and ends the transactions itself (``BEGIN`` with the char
 the head of the first statement's message, ``COMMIT``/``ROLLBACK`` in ``commit()``/``rollback()``), so a one-query
 transaction is two round trips: the message, then ``COMMIT``. What callers see is psycopg2's transaction model:
 ``autocommit``, ``isolation_level``, ``readonly``, ``deferrable``, ``set_session``, ``set_isolation_level``,
-``status``, ``with connection:`` and ``reset()`` behave as psycopg2 documents them. Named cursors, large objects and
+``status``, ``with connection:`` and ``reset()`` behave as psycopg2 documents them (in autocommit, where no ``BEGIN``
+names the characteristics, they become the session's ``default_transaction_*``, as psycopg2 makes them, after a
+reset still due so that its ``RESET ALL`` cannot undo them). Named cursors, large objects and
 two-phase commit refuse a driver in autocommit: for the transaction that uses one, psycopg2 runs the transaction
 (its own ``BEGIN``; one that already began gets a server warning, "there is already a transaction in progress").
 
@@ -64,6 +66,7 @@ _LEVEL_NAMES = {
     psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE: "SERIALIZABLE",
 }
 _ALL_DEFAULT = ("DEFAULT", "DEFAULT", "DEFAULT")
+_SESSION_DEFAULTS = ("default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable")
 
 
 def begin_statement(isolation_level: int | None, readonly: bool | None, deferrable: bool | None) -> str:
@@ -76,6 +79,23 @@ def begin_statement(isolation_level: int | None, readonly: bool | None, deferrab
     if deferrable is not None:
         words.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
     return " ".join(words) + "; "
+
+
+def session_defaults_statement(wanted: tuple[Any, Any, Any], current: tuple[Any, Any, Any]) -> str:
+    """The ``SET default_transaction_...`` statements that take the session's defaults from ``current`` to ``wanted``
+    (characteristics as psycopg2 reports them; None: the server's own default)."""
+    statements = []
+    for setting, value, was in zip(_SESSION_DEFAULTS, wanted, current, strict=True):
+        if value == was:
+            continue
+        if value is None:
+            word = "DEFAULT"
+        elif setting == "default_transaction_isolation":
+            word = f"'{_LEVEL_NAMES[value].lower()}'"
+        else:
+            word = "on" if value else "off"
+        statements.append(f"SET {setting} = {word}; ")
+    return "".join(statements)
 
 
 def _closed_error() -> psycopg2.InterfaceError:
@@ -155,12 +175,15 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self._message_settings = self._current_message_settings()
         self._pinned_session: tuple[Any, ...] | None = None
         self._pinned_encoding: str | None = None
+        self._pinned_cursor_factory: Any = None
         # The transaction model callers see; the driver itself stays in autocommit with default characteristics
         # (so that switching it out of autocommit for a named cursor costs no round trip).
         self._autocommit = False
         self._characteristics: tuple[Any, Any, Any] = (None, None, None)
         self._begin = begin_statement(None, None, None)
         self._entered = False  # inside ``with connection:``, which opens a transaction even in autocommit
+        # What this class set the session's default_transaction_* to (None: untouched), for autocommit.
+        self._session_defaults: tuple[Any, Any, Any] = (None, None, None)
         self._driver_runs_transaction = False
         _DRIVER.autocommit.__set__(self, True)
 
@@ -174,6 +197,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
     def autocommit(self, value: Any) -> None:
         self._refuse_in_transaction("autocommit")
         self._autocommit = bool(value)
+        self._sync_session_defaults()
 
     @property  # type: ignore[override]
     def isolation_level(self) -> int | None:
@@ -183,6 +207,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
     def isolation_level(self, value: Any) -> None:
         self._refuse_in_transaction("isolation_level")
         self._set_characteristics("DEFAULT" if value is None else value, None, None)
+        self._sync_session_defaults()
 
     @property  # type: ignore[override]
     def readonly(self) -> bool | None:
@@ -192,6 +217,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
     def readonly(self, value: Any) -> None:
         self._refuse_in_transaction("readonly")
         self._set_characteristics(None, "DEFAULT" if value is None else value, None)
+        self._sync_session_defaults()
 
     @property  # type: ignore[override]
     def deferrable(self) -> bool | None:
@@ -201,11 +227,15 @@ class PrefixedConnection(psycopg2.extensions.connection):
     def deferrable(self, value: Any) -> None:
         self._refuse_in_transaction("deferrable")
         self._set_characteristics(None, None, "DEFAULT" if value is None else value)
+        self._sync_session_defaults()
 
     @property  # type: ignore[override]
     def status(self) -> int:
         status = _DRIVER.status.__get__(self)
-        if status == psycopg2.extensions.STATUS_READY and self._in_own_transaction():
+        # _in_own_transaction() would miss a transaction of this class that psycopg2 failed to take over (its BEGIN
+        # refused in an aborted transaction).
+        if (status == psycopg2.extensions.STATUS_READY and not self.closed and not self._effective_autocommit()
+                and self.get_transaction_status() in _IN_TRANSACTION):
             return psycopg2.extensions.STATUS_BEGIN
         return status
 
@@ -216,6 +246,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
             self._set_characteristics(isolation_level, readonly, deferrable)
         if autocommit is not None:
             self._autocommit = bool(autocommit)
+        self._sync_session_defaults()
 
     def set_isolation_level(self, level: Any) -> None:
         if self.closed:
@@ -225,25 +256,32 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self.rollback()
         if level == 0:  # ISOLATION_LEVEL_AUTOCOMMIT
             self._autocommit = True
-            return
-        self._autocommit = False
-        # psycopg2 reads anything but None or a number as READ COMMITTED.
-        self._set_characteristics("DEFAULT" if level is None else level if isinstance(level, int) else 1, None, None)
+        else:
+            self._autocommit = False
+            # psycopg2 reads anything but None or a number as READ COMMITTED.
+            self._set_characteristics("DEFAULT" if level is None else level if isinstance(level, int) else 1,
+                                      None, None)
+        self._sync_session_defaults()
 
     def commit(self) -> None:
         if self._driver_runs_transaction or self.closed:
-            super().commit()
-            self._take_transactions_back()
-        elif self._in_own_transaction():
+            try:
+                super().commit()
+            finally:  # a failed COMMIT (a deferred constraint) ends the transaction too
+                self._take_transactions_back()
+        # Also after the driver's: its BEGIN may have failed (an aborted transaction), leaving this class's own open.
+        if self._in_own_transaction():
             self._send("COMMIT")
         self._reset_in_transaction = False
         self.tenant_entry = None  # it belonged to the transaction that ended
 
     def rollback(self) -> None:
         if self._driver_runs_transaction or self.closed:
-            super().rollback()
-            self._take_transactions_back()
-        elif self._in_own_transaction():
+            try:
+                super().rollback()
+            finally:
+                self._take_transactions_back()
+        if self._in_own_transaction():
             self._send("ROLLBACK")
         self.tenant_entry = None
         if self._reset_in_transaction:
@@ -269,11 +307,14 @@ class PrefixedConnection(psycopg2.extensions.connection):
             self._entered = False
 
     def reset(self) -> None:
+        self._take_transactions_back()  # handed to psycopg2, whose BEGIN failed: this class's transaction is open
         if not self.closed and not self._driver_runs_transaction and self.get_transaction_status() != _IDLE:
-            # psycopg2 aborts only a transaction it began; its DISCARD ALL would fail inside this one.
+            # psycopg2 aborts the transactions it began before its DISCARD ALL, which refuses a transaction block
+            # (also one a task's own BEGIN opened in autocommit).
             self._send("ROLLBACK")
         super().reset()  # the driver's own reset: out of autocommit, default characteristics
-        self._autocommit, self._entered, self._driver_runs_transaction = False, False, False
+        self._autocommit, self._driver_runs_transaction = False, False  # a ``with`` block goes on, as in psycopg2
+        self._session_defaults = (None, None, None)  # DISCARD ALL
         self._characteristics = (None, None, None)
         self._begin = begin_statement(None, None, None)
         _DRIVER.autocommit.__set__(self, True)
@@ -306,6 +347,9 @@ class PrefixedConnection(psycopg2.extensions.connection):
             raise _closed_error()
         if self.status != psycopg2.extensions.STATUS_READY:
             raise psycopg2.ProgrammingError(f"{what} cannot be used inside a transaction")
+        # No transaction: a driver handed one that never began (a named cursor created, not run) gives it back, or it
+        # would begin the next one whatever the mode now set.
+        self._take_transactions_back()
 
     def _set_characteristics(self, isolation_level: Any, readonly: Any, deferrable: Any) -> None:
         """Read the values as psycopg2 does (names, numbers, booleans, ``DEFAULT``; None leaves one unchanged).
@@ -326,12 +370,29 @@ class PrefixedConnection(psycopg2.extensions.connection):
             _DRIVER.set_session(self, *_ALL_DEFAULT)
             _DRIVER.autocommit.__set__(self, True)
 
+    def _sync_session_defaults(self) -> None:
+        """In autocommit no ``BEGIN`` names the characteristics: psycopg2 makes them the session's
+        ``default_transaction_*`` (``set_session(readonly=True, autocommit=True)``), and gives the session its defaults
+        back when it leaves autocommit. One round trip, only when they change."""
+        wanted = self._characteristics if self._autocommit else (None, None, None)
+        if self.closed or wanted == self._session_defaults:
+            return
+        # A reset still due (RESET ALL) would undo the SETs: it goes first. The tenant's entry stays pending.
+        reset = RESET_SQL if self.reset_due and self._autocommit else ""
+        self._send(reset + session_defaults_statement(wanted, self._session_defaults))
+        self._session_defaults = wanted
+        if reset:
+            self.reset_due = False
+
     def _let_driver_run_transaction(self) -> None:
         """Named cursors, large objects and two-phase commit refuse a driver in autocommit: psycopg2 runs this one."""
         if self._driver_runs_transaction or self._effective_autocommit() or self.closed:
             return
         _DRIVER.autocommit.__set__(self, False)  # its characteristics are the defaults: no round trip
-        _DRIVER.set_session(self, *("DEFAULT" if value is None else value for value in self._characteristics))
+        if self.get_transaction_status() == _IDLE:
+            _DRIVER.set_session(self, *("DEFAULT" if value is None else value for value in self._characteristics))
+        # else the transaction began with them, and the driver's BEGIN must name none: PostgreSQL refuses
+        # [NOT] DEFERRABLE (and a changed isolation level) after the transaction's first query or in a savepoint.
         self._driver_runs_transaction = True
 
     def _take_transactions_back(self) -> None:
@@ -363,6 +424,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
         """
         self._pinned_session = self._driver_session()
         self._pinned_encoding = self.encoding
+        self._pinned_cursor_factory = self.cursor_factory  # a task's RealDictCursor would garble SQLAlchemy's rows
 
     def _current_message_settings(self) -> tuple[str | None, ...]:
         # Reported by the server whenever they change (ParameterStatus), so reading them costs no round trip.
@@ -400,6 +462,9 @@ class PrefixedConnection(psycopg2.extensions.connection):
                 self._set_characteristics("DEFAULT" if isolation is None else isolation,
                                           "DEFAULT" if readonly is None else readonly,
                                           "DEFAULT" if deferrable is None else deferrable)
+            self._sync_session_defaults()  # what an autocommit borrower set them to: no BEGIN may take them
+            if pinned is not None:
+                self.cursor_factory = self._pinned_cursor_factory
             if pinned is not None and self.encoding != self._pinned_encoding:
                 # psycopg2 encodes queries with its own copy of the encoding, which the reset's RESET ALL cannot
                 # reach; a task's set_client_encoding would mangle or refuse the next borrower's text. Rare: one
