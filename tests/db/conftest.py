@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -144,3 +145,12 @@ def disable_rls(db: ProvisionedDatabase) -> None:
             conn.execute(text(f'alter table "{table}" no force row level security'))
             conn.execute(text(f'alter table "{table}" disable row level security'))
     admin.dispose()
+
+
+def run_on_threads(target: Callable[[str], None], orgs: Iterable[str]) -> None:
+    """``target(org)`` on a thread of its own per organization, all at once; returns when every one has ended."""
+    threads = [threading.Thread(target=target, args=(org,)) for org in orgs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tests.db.conftest import disable_rls, seed
+from tests.db.conftest import disable_rls, run_on_threads, seed
 from worker.db.engine import get_engine, reset_engines
 from worker.db.guard import KEY_INFO, proof
 from worker.db.models import TestSet
@@ -307,11 +307,7 @@ def test_two_tenants_interleaved_on_threads_see_only_their_own_rows(tenants) -> 
             failures.append(f"{org}: {exc!r}")
             barrier.abort()
 
-    threads = [threading.Thread(target=run, args=(org,)) for org in (org_a, org_b)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_on_threads(run, (org_a, org_b))
     assert failures == []
 
 
@@ -452,11 +448,7 @@ def test_orm_criteria_of_two_tenants_interleaved_on_threads_without_rls(make_dat
             failures.append(f"{org}: {exc!r}")
             barrier.abort()
 
-    threads = [threading.Thread(target=run, args=(org,)) for org in orgs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_on_threads(run, orgs)
     assert failures == []
 
 

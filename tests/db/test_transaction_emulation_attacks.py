@@ -12,7 +12,6 @@ reference) and both must agree. Real PostgreSQL; a test that passes means the at
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import psycopg2
@@ -23,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from tests.db.conftest import run_on_threads
 from worker.db.engine import get_engine
 from worker.db.models import TestSet
 from worker.db.prefixed_connection import PrefixedConnection
@@ -521,11 +521,7 @@ def test_two_tenants_with_their_own_characteristics_share_one_pooled_connection(
         except Exception as exc:  # reported below, from the main thread
             failures.append(f"{org}: {exc!r}")
 
-    threads = [threading.Thread(target=run, args=(org,)) for org in (org_a, org_b)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_on_threads(run, (org_a, org_b))
     assert failures == []
 
 
