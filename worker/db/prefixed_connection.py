@@ -164,6 +164,27 @@ def prefixed_cursor_class(cursor_class: type) -> type:
     return prefixed
 
 
+def _driver_arguments(characteristics: tuple[Any, Any, Any]) -> tuple[Any, ...]:
+    """Characteristics as psycopg2 reports them, as its ``set_session`` takes them (None there means unchanged)."""
+    return tuple("DEFAULT" if value is None else value for value in characteristics)
+
+
+def _characteristic(index: int, name: str) -> property:
+    """psycopg2's ``isolation_level``, ``readonly`` or ``deferrable`` property, kept by the connection class."""
+
+    def get(connection: PrefixedConnection) -> Any:
+        return connection._characteristics[index]
+
+    def set_(connection: PrefixedConnection, value: Any) -> None:
+        connection._refuse_in_transaction(name)
+        changed: list[Any] = [None, None, None]  # None: unchanged
+        changed[index] = "DEFAULT" if value is None else value
+        connection._set_characteristics(*changed)
+        connection._sync_session_defaults()
+
+    return property(get, set_)
+
+
 class PrefixedConnection(psycopg2.extensions.connection):
     """A psycopg2 connection that owes its next statement a ``BEGIN``, a session reset and/or a tenant entry."""
 
@@ -199,35 +220,9 @@ class PrefixedConnection(psycopg2.extensions.connection):
         self._autocommit = bool(value)
         self._sync_session_defaults()
 
-    @property  # type: ignore[override]
-    def isolation_level(self) -> int | None:
-        return self._characteristics[0]
-
-    @isolation_level.setter
-    def isolation_level(self, value: Any) -> None:
-        self._refuse_in_transaction("isolation_level")
-        self._set_characteristics("DEFAULT" if value is None else value, None, None)
-        self._sync_session_defaults()
-
-    @property  # type: ignore[override]
-    def readonly(self) -> bool | None:
-        return self._characteristics[1]
-
-    @readonly.setter
-    def readonly(self, value: Any) -> None:
-        self._refuse_in_transaction("readonly")
-        self._set_characteristics(None, "DEFAULT" if value is None else value, None)
-        self._sync_session_defaults()
-
-    @property  # type: ignore[override]
-    def deferrable(self) -> bool | None:
-        return self._characteristics[2]
-
-    @deferrable.setter
-    def deferrable(self, value: Any) -> None:
-        self._refuse_in_transaction("deferrable")
-        self._set_characteristics(None, None, "DEFAULT" if value is None else value)
-        self._sync_session_defaults()
+    isolation_level = _characteristic(0, "isolation_level")
+    readonly = _characteristic(1, "readonly")
+    deferrable = _characteristic(2, "deferrable")
 
     @property  # type: ignore[override]
     def status(self) -> int:
@@ -358,7 +353,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
         trip. It is put back as it was whether or not psycopg2 accepted the values.
         """
         self._take_transactions_back()
-        current = tuple("DEFAULT" if value is None else value for value in self._characteristics)
+        current = _driver_arguments(self._characteristics)
         _DRIVER.autocommit.__set__(self, False)
         try:
             _DRIVER.set_session(self, *current)
@@ -390,7 +385,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
             return
         _DRIVER.autocommit.__set__(self, False)  # its characteristics are the defaults: no round trip
         if self.get_transaction_status() == _IDLE:
-            _DRIVER.set_session(self, *("DEFAULT" if value is None else value for value in self._characteristics))
+            _DRIVER.set_session(self, *_driver_arguments(self._characteristics))
         # else the transaction began with them, and the driver's BEGIN must name none: PostgreSQL refuses
         # [NOT] DEFERRABLE (and a changed isolation level) after the transaction's first query or in a savepoint.
         self._driver_runs_transaction = True
@@ -459,9 +454,7 @@ class PrefixedConnection(psycopg2.extensions.connection):
             if pinned is not None and self._driver_session() != pinned:
                 autocommit, isolation, readonly, deferrable = pinned
                 self._autocommit = autocommit
-                self._set_characteristics("DEFAULT" if isolation is None else isolation,
-                                          "DEFAULT" if readonly is None else readonly,
-                                          "DEFAULT" if deferrable is None else deferrable)
+                self._set_characteristics(*_driver_arguments((isolation, readonly, deferrable)))
             self._sync_session_defaults()  # what an autocommit borrower set them to: no BEGIN may take them
             if pinned is not None:
                 self.cursor_factory = self._pinned_cursor_factory
